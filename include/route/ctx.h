@@ -1,0 +1,30 @@
+/* ctx.h: the per-event-loop context. Everything mutable lives here or below it, never in a
+ * global, so several loops (one per core) can run side by side later. */
+#ifndef ROUTE_CTX_H
+#define ROUTE_CTX_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "route/cli.h"
+
+typedef struct store store_t;
+typedef struct hooks hooks_t;
+typedef struct server server_t;
+typedef struct upstream_pool upstream_pool_t;
+typedef struct tls_client tls_client_t;
+typedef struct metrics metrics_t;
+
+typedef struct route_ctx {
+    uv_loop_t *loop;
+    const route_options_t *opts;
+    store_t *store;
+    hooks_t *hooks;
+    server_t *server;
+    upstream_pool_t *pool;
+    tls_client_t *tls; /* NULL until TLS lands */
+    metrics_t *metrics;
+    int shutting_down;
+} route_ctx_t;
+
+#endif

@@ -1,0 +1,31 @@
+/* extract.h: what the proxy learns from a response body while forwarding it: the assistant
+ * text, the model and token usage, for text/event-stream (via sse.h) and application/json.
+ * Fed the same buffers that go to the client; never blocks, never fails the stream: a
+ * malformed body or event is skipped. */
+#ifndef ROUTE_EXTRACT_H
+#define ROUTE_EXTRACT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define EXTRACT_CONTENT_CAP (1024 * 1024)
+
+typedef struct extract extract_t;
+
+/* content_type: the response's Content-Type value (may be NULL: nothing is extracted). */
+extract_t *extract_new(const char *content_type, size_t content_type_len);
+void extract_feed(extract_t *x, const char *data, size_t len);
+/* Call once at the end of the body; parses a buffered JSON body. */
+void extract_finish(extract_t *x);
+void extract_free(extract_t *x);
+
+/* Results, valid after extract_finish until extract_free. */
+const char *extract_content(const extract_t *x, size_t *len); /* NULL when none */
+const char *extract_model(const extract_t *x);                /* NULL when none */
+int extract_usage(const extract_t *x, int64_t *prompt, int64_t *completion, int64_t *total);
+
+/* Reads the top-level "model" (string) and "stream" (bool) of a JSON request body.
+ * *model is malloc'd or NULL. Never fails: a non-JSON body gives NULL/0. */
+void extract_request_fields(const char *body, size_t len, char **model, int *stream);
+
+#endif

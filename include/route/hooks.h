@@ -1,0 +1,74 @@
+/* hooks.h: the Lua side of routing decisions. One Lua 5.4 state per event loop runs the
+ * operator's scripts/route.lua (or the embedded default); proxy.c calls the three hooks
+ * through these functions and never touches Lua itself. */
+#ifndef ROUTE_HOOKS_H
+#define ROUTE_HOOKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "route/ctx.h"
+#include "route/http.h"
+
+/* What a hook sees of a request. Strings live in the request's arena. */
+typedef struct route_req {
+    http_request_t *http; /* method, path, query, headers, body, client_ip */
+    char id[37];
+    char *model; /* the body's top-level "model", or NULL */
+    int stream;  /* the body's top-level "stream" is true */
+} route_req_t;
+
+/* One candidate upstream, copied from the snapshot into the request's arena. Timeouts in
+ * seconds; a hook may override them per request by setting fields on the upstream table
+ * (connect_timeout, timeout, stream_timeout, idle_timeout); < 0 means "use the config". */
+typedef struct route_candidate {
+    int64_t id;
+    char *sk;
+    char *endpoint;
+    double connect_timeout, timeout, stream_timeout, idle_timeout;
+} route_candidate_t;
+
+typedef struct route_attempt {
+    int64_t upstream_id;
+    const char *endpoint;
+    int status;        /* upstream status, 0 when none came */
+    const char *error; /* why it failed, NULL when it did not */
+    int failed;        /* counts as an upstream failure */
+} route_attempt_t;
+
+typedef struct route_res {
+    int status; /* what the client got (0: client went away before any) */
+    int64_t upstream_id;
+    const char *upstream_endpoint;
+    const char *model;   /* extracted from the response, or NULL */
+    const char *content; /* extracted assistant text (capped), or NULL */
+    size_t content_len;
+    int has_usage;
+    int64_t prompt_tokens, completion_tokens, total_tokens;
+    int64_t elapsed_ns, ttfb_ns;
+    const char *error; /* NULL on success */
+    int client_aborted;
+    route_attempt_t *attempts;
+    size_t n_attempts;
+} route_res_t;
+
+/* Loads scripts_dir/route.lua, or the embedded default when it is missing. A load error is
+ * returned (malloc'd "file:line: message" in *err) and the caller exits. */
+hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err);
+void hooks_free(hooks_t *h);
+
+/* Returns 1 when allowed. When denied (0) or failing (-1), *status and *message (arena
+ * string) say what to answer. */
+int hooks_authorize(hooks_t *h, route_req_t *req, int *status, const char **message);
+/* Fills an arena array of candidates in order. Returns 0, or -1 with *message (500). */
+int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, size_t *n,
+                        const char **message);
+/* Runs on_response. Errors are logged; when the hook fails the row is recorded from C so
+ * nothing is lost. */
+void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res);
+
+/* Embedded default script (generated from scripts/route.lua at build time). */
+extern const char route_lua_embedded[];
+extern const size_t route_lua_embedded_len;
+
+#endif

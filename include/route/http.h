@@ -1,0 +1,86 @@
+/* http.h: the server side of one HTTP exchange, as handlers (proxy, admin) see it.
+ * The server owns parsing, limits, keep-alive and pipelining; handlers get a complete request
+ * (headers + body, bounded) and answer through the http_response_* calls below. */
+#ifndef ROUTE_HTTP_H
+#define ROUTE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "route/util.h"
+
+#define HTTP_MAX_HEADER_BYTES (64 * 1024)
+#define HTTP_MAX_BODY_BYTES (32 * 1024 * 1024)
+
+typedef struct route_header {
+    char *name; /* lower-cased */
+    size_t name_len;
+    char *value;
+    size_t value_len;
+} route_header_t;
+
+typedef struct http_request http_request_t;
+typedef void (*http_request_cb)(http_request_t *req);
+
+struct http_request {
+    arena_t arena; /* request-scoped memory, freed with the request */
+    unsigned refs;
+    struct server_conn *conn; /* NULL once the client is gone */
+    struct route_ctx *ctx;
+
+    int method;              /* llhttp_method_t */
+    const char *method_name; /* "POST" */
+    char *target;            /* as received */
+    char *path;              /* target before '?', not decoded */
+    char *query;             /* after '?', or NULL */
+    int http_major, http_minor;
+    route_header_t *headers;
+    size_t n_headers;
+    buf_t body;
+    int keep_alive;
+    char client_ip[64];
+    int64_t start_mono_ns, start_wall_ns;
+
+    /* Response state, kept by server.c. */
+    int response_started, response_done, response_chunked, response_close;
+    int status;
+
+    /* Set by the handler. on_abort: the client went away before http_response_end.
+     * on_drain: the write queue fell below HTTP_WRITE_LOW_WATER after being above it. */
+    void *handler_data;
+    http_request_cb on_abort;
+    http_request_cb on_drain;
+};
+
+#define HTTP_WRITE_HIGH_WATER (1024 * 1024)
+#define HTTP_WRITE_LOW_WATER (256 * 1024)
+
+void http_request_retain(http_request_t *req);
+void http_request_release(http_request_t *req);
+
+/* First header with that lower-case name, or NULL. */
+const route_header_t *http_request_header(const http_request_t *req, const char *name);
+
+/* Starts the response. `headers` holds complete "Name: value\r\n" lines (may be NULL), never
+ * CORS or Connection or framing headers: the server adds those. content_length < 0 means
+ * unknown: chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0. */
+int http_response_start(http_request_t *req, int status, const char *headers, size_t headers_len,
+                        int64_t content_length);
+/* Body bytes. With ref the bytes are sent in place (ref is retained until written);
+ * without, they are copied. Returns -1 when the client is gone. */
+int http_response_write(http_request_t *req, const char *data, size_t len, refbuf_t *ref);
+/* Bytes handed to the client socket but not yet written. */
+size_t http_response_pending(const http_request_t *req);
+/* Completes the response (terminating chunk) and lets the connection go on to the next
+ * request. The handler must not touch the response after this. */
+void http_response_end(http_request_t *req);
+/* Ends a response that cannot complete (an upstream broke mid-stream): the client sees the
+ * connection close without a terminating chunk, so it knows the body is truncated. */
+void http_response_abort(http_request_t *req);
+
+/* A whole response with a JSON body. */
+void http_respond_json(http_request_t *req, int status, const char *json, size_t len);
+/* {"error":{"message":...,"type":...}} */
+void http_respond_error(http_request_t *req, int status, const char *type, const char *message);
+
+#endif

@@ -1,0 +1,18 @@
+/* server.h: the listening socket and client connections of one event loop. */
+#ifndef ROUTE_SERVER_H
+#define ROUTE_SERVER_H
+
+#include "route/ctx.h"
+#include "route/http.h"
+
+/* Binds and listens on opts->addr. Returns 0, or -1 with a message in err. */
+int server_start(route_ctx_t *ctx, char *err, size_t err_cap);
+/* Stops accepting; idle keep-alive connections close, active ones finish. */
+void server_stop_accepting(route_ctx_t *ctx);
+/* Number of requests being handled now. */
+size_t server_active_requests(route_ctx_t *ctx);
+/* Closes everything (after the grace period). */
+void server_close_all(route_ctx_t *ctx);
+void server_free(route_ctx_t *ctx);
+
+#endif

@@ -1,0 +1,22 @@
+/* sse.h: incremental Server-Sent Events framing (text/event-stream). Bytes arrive in any
+ * split; complete events come out through a callback with their joined data lines. */
+#ifndef ROUTE_SSE_H
+#define ROUTE_SSE_H
+
+#include <stddef.h>
+
+/* data: the event's data lines joined with '\n' (no trailing newline); event: the `event:`
+ * field or NULL. Pointers valid only during the call. */
+typedef void (*sse_event_cb)(void *ud, const char *event, size_t event_len, const char *data,
+                             size_t data_len);
+
+typedef struct sse_parser sse_parser_t;
+
+/* max_event: an event larger than this is dropped (its lines are skipped). */
+sse_parser_t *sse_new(sse_event_cb cb, void *ud, size_t max_event);
+void sse_feed(sse_parser_t *p, const char *data, size_t len);
+/* Dispatches a final event that lacked its blank line. */
+void sse_finish(sse_parser_t *p);
+void sse_free(sse_parser_t *p);
+
+#endif

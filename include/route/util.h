@@ -1,0 +1,83 @@
+/* util.h: small shared helpers: time text in the Go program's formats, UUIDs, request-scoped
+ * arenas, growable byte buffers, logging. Nothing here knows about HTTP, SQLite or Lua. */
+#ifndef ROUTE_UTIL_H
+#define ROUTE_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- time ---- */
+/* Wall clock, nanoseconds since the Unix epoch. */
+int64_t util_now_wall_ns(void);
+/* Monotonic clock, nanoseconds. */
+int64_t util_now_mono_ns(void);
+/* The Go program's database text: "2023-08-10 13:32:51.123456789+08:00" in local time,
+ * fraction trimmed of trailing zeros (omitted when zero), like Go's
+ * "2006-01-02 15:04:05.999999999-07:00". Returns the length written (buf >= 40 bytes). */
+size_t util_format_db_time(char *buf, size_t cap, int64_t wall_ns);
+/* RFC 3339 with nanoseconds, as Go's time.Time marshals to JSON:
+ * "2023-08-10T13:32:51.123456789+08:00" ("Z" for UTC offset 0). */
+size_t util_format_json_time(char *buf, size_t cap, int64_t wall_ns);
+/* Parses the database text forms (space or 'T' separator, optional fraction, offset as
+ * +hh:mm, Z, or none = UTC, also SQLite's CURRENT_TIMESTAMP form). Returns 0 and sets
+ * *wall_ns, or -1 when unparsable. Go's zero time "0001-01-01 00:00:00+00:00" parses to
+ * a value < 0 that util_time_is_never() reports as "never". */
+int util_parse_db_time(const char *text, int64_t *wall_ns);
+int util_time_is_never(int64_t wall_ns);
+
+/* ---- ids and secrets ---- */
+/* Random (v4) UUID text, 36 chars + NUL. */
+void util_uuid4(char out[37]);
+/* n random bytes from the OS (getrandom). Returns 0 on success. */
+int util_random_bytes(void *out, size_t n);
+/* Compares in time that depends only on the lengths, never on where the bytes differ. */
+int util_secure_equal(const char *a, size_t alen, const char *b, size_t blen);
+
+/* ---- arena: request-scoped memory, freed all at once ---- */
+typedef struct arena_block arena_block_t;
+typedef struct arena {
+    arena_block_t *head;
+} arena_t;
+void arena_init(arena_t *a);
+void *arena_alloc(arena_t *a, size_t n);
+char *arena_strndup(arena_t *a, const char *s, size_t n);
+char *arena_strdup(arena_t *a, const char *s);
+char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void arena_free(arena_t *a);
+
+/* ---- growable buffer ---- */
+typedef struct buf {
+    char *data;
+    size_t len, cap;
+} buf_t;
+int buf_reserve(buf_t *b, size_t extra);
+int buf_append(buf_t *b, const void *p, size_t n);
+int buf_appends(buf_t *b, const char *s);
+int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal, quotes included. */
+int buf_append_json_string(buf_t *b, const char *s, size_t n);
+void buf_free(buf_t *b);
+
+/* ---- logging (standard error; never pass a key or a token) ---- */
+enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+void route_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void route_vlog(int level, const char *fmt, va_list ap);
+/* Minimum level printed; read from ROUTE_LOG_LEVEL (debug|info|warn|error) at start. */
+void route_log_set_level(int level);
+
+#endif
+
+#ifndef ROUTE_REFBUF_H
+#define ROUTE_REFBUF_H
+/* ---- refbuf: a reference-counted byte block, so a read buffer can be handed to a write
+ * (or several) without copying; freed when the last holder releases it. Loop thread only. */
+typedef struct refbuf {
+    unsigned refs;
+    size_t cap, len;
+    char data[];
+} refbuf_t;
+refbuf_t *refbuf_new(size_t cap);
+void refbuf_retain(refbuf_t *b);
+void refbuf_release(refbuf_t *b);
+#endif

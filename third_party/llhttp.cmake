@@ -1,0 +1,25 @@
+# Locates llhttp without copying it: a system libllhttp known to pkg-config when there is one,
+# else the C sources that Debian's node-llhttp package installs under /usr/share/llhttp.
+# Defines the target route::llhttp.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(LLHTTP_PC QUIET IMPORTED_TARGET libllhttp)
+if(LLHTTP_PC_FOUND)
+  add_library(route_llhttp INTERFACE)
+  target_link_libraries(route_llhttp INTERFACE PkgConfig::LLHTTP_PC)
+  message(STATUS "llhttp: system library ${LLHTTP_PC_VERSION}")
+else()
+  find_path(LLHTTP_INCLUDE_DIR llhttp.h PATHS /usr/share/include/llhttp /usr/include/llhttp
+            NO_DEFAULT_PATH)
+  find_path(LLHTTP_SOURCE_DIR llhttp.c PATHS /usr/share/llhttp NO_DEFAULT_PATH)
+  if(NOT LLHTTP_INCLUDE_DIR OR NOT LLHTTP_SOURCE_DIR)
+    message(FATAL_ERROR "llhttp not found: install Debian's node-llhttp (third_party/bootstrap.sh)")
+  endif()
+  add_library(route_llhttp STATIC ${LLHTTP_SOURCE_DIR}/api.c ${LLHTTP_SOURCE_DIR}/http.c
+                                  ${LLHTTP_SOURCE_DIR}/llhttp.c)
+  target_include_directories(route_llhttp SYSTEM PUBLIC ${LLHTTP_INCLUDE_DIR})
+  # Generated code: our warning flags are not its business.
+  target_compile_options(route_llhttp PRIVATE -w)
+  set_target_properties(route_llhttp PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  message(STATUS "llhttp: compiled from ${LLHTTP_SOURCE_DIR}")
+endif()
+add_library(route::llhttp ALIAS route_llhttp)
