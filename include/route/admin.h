@@ -1,4 +1,4 @@
-/* admin.h: /admin/* and /metrics. */
+/* admin.h: the /admin API and /metrics. */
 #ifndef ROUTE_ADMIN_H
 #define ROUTE_ADMIN_H
 

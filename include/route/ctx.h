@@ -12,7 +12,7 @@ typedef struct store store_t;
 typedef struct hooks hooks_t;
 typedef struct server server_t;
 typedef struct upstream_pool upstream_pool_t;
-typedef struct tls_client tls_client_t;
+typedef struct tls_config tls_config_t;
 typedef struct metrics metrics_t;
 
 typedef struct route_ctx {
@@ -22,7 +22,8 @@ typedef struct route_ctx {
     hooks_t *hooks;
     server_t *server;
     upstream_pool_t *pool;
-    tls_client_t *tls; /* NULL until TLS lands */
+    tls_config_t *tls_client; /* upstream verification; NULL when it could not load */
+    tls_config_t *tls_server; /* the HTTPS listener's, or NULL */
     metrics_t *metrics;
     int shutting_down;
 } route_ctx_t;

@@ -56,6 +56,8 @@ typedef struct route_res {
  * returned (malloc'd "file:line: message" in *err) and the caller exits. */
 hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err);
 void hooks_free(hooks_t *h);
+/* Loads the scripts again; on failure the running hooks stay and *err says why. 0 or -1. */
+int hooks_reload(hooks_t *h, char **err);
 
 /* Returns 1 when allowed. When denied (0) or failing (-1), *status and *message (arena
  * string) say what to answer. */

@@ -10,7 +10,7 @@
 #include "route/util.h"
 
 #define HTTP_MAX_HEADER_BYTES (64 * 1024)
-#define HTTP_MAX_BODY_BYTES (32 * 1024 * 1024)
+#define HTTP_MAX_BODY_BYTES   (32 * 1024 * 1024)
 
 typedef struct route_header {
     char *name; /* lower-cased */
@@ -53,7 +53,7 @@ struct http_request {
 };
 
 #define HTTP_WRITE_HIGH_WATER (1024 * 1024)
-#define HTTP_WRITE_LOW_WATER (256 * 1024)
+#define HTTP_WRITE_LOW_WATER  (256 * 1024)
 
 void http_request_retain(http_request_t *req);
 void http_request_release(http_request_t *req);

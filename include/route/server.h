@@ -11,6 +11,7 @@ int server_start(route_ctx_t *ctx, char *err, size_t err_cap);
 void server_stop_accepting(route_ctx_t *ctx);
 /* Number of requests being handled now. */
 size_t server_active_requests(route_ctx_t *ctx);
+size_t server_open_connections(route_ctx_t *ctx);
 /* Closes everything (after the grace period). */
 void server_close_all(route_ctx_t *ctx);
 void server_free(route_ctx_t *ctx);

@@ -1,0 +1,587 @@
+/* admin.c: the /admin API (login, upstream CRUD, request records, reload) and the /metrics
+ * endpoint, with their Bearer-token check.
+ *
+ * Owns: admin routing, the JSON shapes the Go program's admin API emitted, and moving every
+ * store call onto libuv's thread pool.
+ * Must not: call a store_* function that touches SQLite on the loop thread (only the
+ * store_loop_* cache), touch a request's arena from a work thread, or log a key or a token. */
+#include "route/admin.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "route/ctx.h"
+#include "route/hooks.h"
+#include "route/metrics.h"
+#include "route/server.h"
+#include "route/store.h"
+
+#define RECORDS_DEFAULT_LIMIT 100
+#define RECORDS_MAX_LIMIT     1000
+
+static const char BAD_REQUEST[] = "invalid_request_error";
+static const char SERVER_ERROR[] = "server_error";
+
+/* ---------------------------------------------------------------- responses */
+
+static void respond_message(http_request_t *req, const char *message) {
+    buf_t b = {0};
+    int rc = buf_appends(&b, "{\"message\":");
+    rc |= buf_append_json_string(&b, message, strlen(message));
+    rc |= buf_appends(&b, "}\n");
+    if (rc == 0)
+        http_respond_json(req, 200, b.data, b.len);
+    else
+        http_respond_error(req, 500, SERVER_ERROR, "out of memory");
+    buf_free(&b);
+}
+
+/* RFC 9110 wants Allow on a 405, which http_respond_error cannot add. */
+static void respond_method_not_allowed(http_request_t *req, const char *allow) {
+    buf_t head = {0}, body = {0};
+    int rc =
+        buf_printf(&head, "Allow: %s\r\nContent-Type: application/json; charset=utf-8\r\n", allow);
+    rc |= buf_appends(&body, "{\"error\":{\"message\":\"method not allowed\",\"type\":");
+    rc |= buf_append_json_string(&body, BAD_REQUEST, strlen(BAD_REQUEST));
+    rc |= buf_appends(&body, "}}\n");
+    if (rc != 0) {
+        http_respond_error(req, 500, SERVER_ERROR, "out of memory");
+    } else {
+        if (http_response_start(req, 405, head.data, head.len, (int64_t)body.len) == 0)
+            http_response_write(req, body.data, body.len, NULL);
+        http_response_end(req);
+    }
+    buf_free(&head);
+    buf_free(&body);
+}
+
+/* ---------------------------------------------------------------- authorization */
+
+/* Only spaces, as Go's strings.Trim(s, " "): a tab stays part of the token. */
+static void trim_spaces(const char **s, size_t *n) {
+    while (*n && **s == ' ') {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n && (*s)[*n - 1] == ' ')
+        (*n)--;
+}
+
+/* The Go program's rule: "Bearer" prefix (case-sensitive), then the rest trimmed of spaces
+ * must equal one of the comma-separated configured tokens. Answers 403 itself when not. */
+static int admin_authorized(http_request_t *req) {
+    const route_header_t *h = http_request_header(req, "authorization");
+    static const char prefix[] = "Bearer";
+    const size_t plen = sizeof(prefix) - 1;
+    if (!h || h->value_len < plen || memcmp(h->value, prefix, plen) != 0) {
+        http_respond_error(req, 403, BAD_REQUEST,
+                           "authorization header should start with 'Bearer'");
+        return 0;
+    }
+    const char *token = h->value + plen;
+    size_t token_len = h->value_len - plen;
+    trim_spaces(&token, &token_len);
+
+    store_t *store = req->ctx->store;
+    store_loop_refresh(store);
+    const char *configured = store_loop_config(store, "authorization");
+    int ok = 0;
+    /* Every configured token is compared, so the time taken does not tell which one (or
+     * whether an early one) matched. An empty token never matches: "Bearer" alone is no
+     * credential. */
+    for (const char *p = configured; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        const char *t = p;
+        size_t tn = n;
+        trim_spaces(&t, &tn);
+        if (tn > 0 && token_len > 0) ok |= util_secure_equal(token, token_len, t, tn) != 0;
+        p = comma ? comma + 1 : p + n;
+    }
+    if (!ok) {
+        http_respond_error(req, 403, BAD_REQUEST, "wrong authorization header");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- store work */
+
+typedef enum {
+    JOB_LIST_UPSTREAMS,
+    JOB_ADD_UPSTREAM,
+    JOB_UPDATE_UPSTREAM,
+    JOB_DELETE_UPSTREAM,
+    JOB_LIST_RECORDS,
+} job_kind_t;
+
+/* One admin call's trip through the thread pool. The work side reads req->body (nobody
+ * writes it while the request is alive) and fills the result; only the loop side touches
+ * the connection. */
+typedef struct admin_job {
+    uv_work_t work;
+    http_request_t *req;
+    store_t *store;
+    job_kind_t kind;
+    int64_t id;
+    int limit, offset;
+
+    int status; /* 200: `out` is the body; else error_msg */
+    char error_msg[256];
+    buf_t out;
+    int64_t result_id; /* for the log line */
+} admin_job_t;
+
+static void job_fail(admin_job_t *job, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void job_fail(admin_job_t *job, int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    job->status = status;
+    vsnprintf(job->error_msg, sizeof(job->error_msg), fmt, ap);
+    va_end(ap);
+}
+
+/* rc: what building job->out returned. */
+static void job_built(admin_job_t *job, int rc) {
+    if (rc != 0) job_fail(job, 500, "out of memory");
+}
+
+static int json_str(buf_t *b, const char *s) {
+    return buf_append_json_string(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+static int json_time(buf_t *b, int64_t wall_ns) {
+    char t[64];
+    size_t n = util_format_json_time(t, sizeof(t), wall_ns);
+    return buf_append_json_string(b, t, n);
+}
+
+static void job_list_upstreams(admin_job_t *job) {
+    store_upstream_list_t list = {0};
+    if (store_list_upstreams(job->store, &list) != STORE_OK) {
+        job_fail(job, 500, "cannot read upstreams");
+        return;
+    }
+    buf_t *b = &job->out;
+    int rc = buf_appends(b, "[");
+    for (size_t i = 0; i < list.n; i++) {
+        const store_upstream_t *u = &list.items[i];
+        rc |= buf_printf(b, "%s{\"ID\":%" PRId64 ",\"CreatedAt\":", i ? "," : "", u->id);
+        rc |= json_time(b, u->created_at);
+        rc |= buf_appends(b, ",\"UpdatedAt\":");
+        rc |= json_time(b, u->updated_at);
+        rc |= buf_appends(b, ",\"DeletedAt\":null,\"SK\":");
+        rc |= json_str(b, u->sk);
+        rc |= buf_appends(b, ",\"Endpoint\":");
+        rc |= json_str(b, u->endpoint);
+        rc |= buf_printf(
+            b, ",\"SuccessCount\":%" PRId64 ",\"FailedCount\":%" PRId64 ",\"LastCallSuccessTime\":",
+            u->success_count, u->failed_count);
+        rc |=
+            u->has_last_success ? json_time(b, u->last_call_success_time) : buf_appends(b, "null");
+        rc |= buf_appends(b, "}");
+    }
+    rc |= buf_appends(b, "]\n");
+    store_upstream_list_free(&list);
+    job_built(job, rc);
+}
+
+static void job_list_records(admin_job_t *job) {
+    store_record_t **records = NULL;
+    size_t n = 0;
+    if (store_list_records(job->store, job->limit, job->offset, &records, &n) != STORE_OK) {
+        job_fail(job, 500, "cannot read records");
+        return;
+    }
+    buf_t *b = &job->out;
+    int rc = buf_appends(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        const store_record_t *r = records[i];
+        rc |= buf_appends(b, i ? ",{\"ID\":" : "{\"ID\":");
+        rc |= json_str(b, r->id);
+        rc |= buf_appends(b, ",\"CreatedAt\":");
+        rc |= json_time(b, r->created_at);
+        rc |= buf_appends(b, ",\"IP\":");
+        rc |= json_str(b, r->ip);
+        rc |= buf_appends(b, ",\"Body\":");
+        rc |= buf_append_json_string(b, r->body ? r->body : "", r->body ? r->body_len : 0);
+        rc |= buf_appends(b, ",\"Response\":");
+        rc |= buf_append_json_string(b, r->response ? r->response : "",
+                                     r->response ? r->response_len : 0);
+        rc |= buf_printf(b, ",\"ElapsedTime\":%" PRId64 ",\"Model\":", r->elapsed_ns);
+        rc |= json_str(b, r->model);
+        rc |= buf_printf(b, ",\"Status\":%d,\"UpstreamID\":%" PRId64 ",\"UpstreamEndpoint\":",
+                         r->status, r->upstream_id);
+        rc |= json_str(b, r->upstream_endpoint);
+        rc |= buf_printf(b,
+                         ",\"PromptTokens\":%" PRId64 ",\"CompletionTokens\":%" PRId64
+                         ",\"TotalTokens\":%" PRId64 ",\"ResponseTime\":%" PRId64 ",\"UserAgent\":",
+                         r->prompt_tokens, r->completion_tokens, r->total_tokens,
+                         r->response_time_ns);
+        rc |= json_str(b, r->user_agent);
+        rc |= buf_appends(b, ",\"Error\":");
+        rc |= json_str(b, r->error);
+        rc |= buf_appends(b, "}");
+    }
+    rc |= buf_appends(b, "]\n");
+    for (size_t i = 0; i < n; i++)
+        store_record_free(records[i]);
+    free(records);
+    job_built(job, rc);
+}
+
+/* Binds SK and Endpoint as Go's encoding/json did: keys match field names case-insensitively
+ * and a later key wins; null leaves the field unset; another type is an error. Each result
+ * points into obj. Returns 0, or -1 with the offending field in *bad. */
+static int bind_upstream(json_t *obj, const char **sk, const char **endpoint, const char **bad) {
+    const char *key;
+    json_t *value;
+    *sk = *endpoint = NULL;
+    json_object_foreach(obj, key, value) {
+        const char **field = NULL;
+        if (strcasecmp(key, "SK") == 0)
+            field = sk;
+        else if (strcasecmp(key, "Endpoint") == 0)
+            field = endpoint;
+        if (!field || json_is_null(value)) continue;
+        if (!json_is_string(value)) {
+            *bad = field == sk ? "SK" : "Endpoint";
+            return -1;
+        }
+        *field = json_string_value(value);
+    }
+    return 0;
+}
+
+static void job_write_upstream(admin_job_t *job) {
+    const buf_t *body = &job->req->body;
+    json_error_t jerr;
+    json_t *obj = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
+    if (!obj || !json_is_object(obj)) {
+        if (obj)
+            job_fail(job, 400, "invalid JSON: expected an object with SK and Endpoint");
+        else
+            job_fail(job, 400, "invalid JSON: %s", jerr.text);
+        json_decref(obj);
+        return;
+    }
+    const char *sk, *endpoint, *bad = NULL;
+    if (bind_upstream(obj, &sk, &endpoint, &bad) != 0) {
+        job_fail(job, 400, "invalid JSON: %s must be a string", bad);
+        json_decref(obj);
+        return;
+    }
+
+    int rc;
+    if (job->kind == JOB_ADD_UPSTREAM) {
+        if (!sk || !*sk || !endpoint || !*endpoint) {
+            job_fail(job, 400, "%s must not be empty", !sk || !*sk ? "SK" : "Endpoint");
+            json_decref(obj);
+            return;
+        }
+        rc = store_add_upstream(job->store, sk, endpoint, &job->result_id);
+    } else {
+        /* An empty string keeps the field, as gorm's Updates skipped zero values: an upstream
+         * never ends up with an empty key or endpoint. */
+        rc = store_update_upstream(job->store, job->id, sk && *sk ? sk : NULL,
+                                   endpoint && *endpoint ? endpoint : NULL);
+        job->result_id = job->id;
+    }
+    json_decref(obj);
+
+    if (rc == STORE_EXISTS)
+        job_fail(job, 409, "upstream with this SK and Endpoint already exists");
+    else if (rc == STORE_NOT_FOUND)
+        job_fail(job, 404, "upstream not found");
+    else if (rc != STORE_OK)
+        job_fail(job, 500, "cannot write upstream");
+    else if (job->kind == JOB_ADD_UPSTREAM)
+        job_built(job, buf_printf(&job->out, "{\"message\":\"success\",\"ID\":%" PRId64 "}\n",
+                                  job->result_id));
+    else
+        job_built(job, buf_appends(&job->out, "{\"message\":\"success\"}\n"));
+}
+
+static void job_delete_upstream(admin_job_t *job) {
+    int rc = store_delete_upstream(job->store, job->id);
+    job->result_id = job->id;
+    if (rc == STORE_NOT_FOUND)
+        job_fail(job, 404, "upstream not found");
+    else if (rc != STORE_OK)
+        job_fail(job, 500, "cannot delete upstream");
+    else
+        job_built(job, buf_appends(&job->out, "{\"message\":\"success\"}\n"));
+}
+
+static void job_run(uv_work_t *w) {
+    admin_job_t *job = w->data;
+    job->status = 200;
+    switch (job->kind) {
+    case JOB_LIST_UPSTREAMS:
+        job_list_upstreams(job);
+        break;
+    case JOB_ADD_UPSTREAM:
+    case JOB_UPDATE_UPSTREAM:
+        job_write_upstream(job);
+        break;
+    case JOB_DELETE_UPSTREAM:
+        job_delete_upstream(job);
+        break;
+    case JOB_LIST_RECORDS:
+        job_list_records(job);
+        break;
+    }
+}
+
+static void job_done(uv_work_t *w, int status) {
+    admin_job_t *job = w->data;
+    http_request_t *req = job->req;
+    if (req->conn) {
+        if (status != 0)
+            http_respond_error(req, 503, SERVER_ERROR, "admin call cancelled");
+        else if (job->status == 200)
+            http_respond_json(req, 200, job->out.data, job->out.len);
+        else
+            http_respond_error(req, job->status, job->status >= 500 ? SERVER_ERROR : BAD_REQUEST,
+                               job->error_msg);
+    }
+    if (status == 0 && job->status == 200) {
+        static const char *const what[] = {[JOB_ADD_UPSTREAM] = "added",
+                                           [JOB_UPDATE_UPSTREAM] = "updated",
+                                           [JOB_DELETE_UPSTREAM] = "deleted"};
+        if (job->kind == JOB_ADD_UPSTREAM || job->kind == JOB_UPDATE_UPSTREAM ||
+            job->kind == JOB_DELETE_UPSTREAM)
+            route_log(LOG_INFO, "admin: upstream %" PRId64 " %s", job->result_id, what[job->kind]);
+    }
+    buf_free(&job->out);
+    free(job);
+    http_request_release(req);
+}
+
+/* The request is retained until job_done, so a client that leaves meanwhile costs nothing
+ * but the finished work. */
+static void queue_job(http_request_t *req, admin_job_t *job) {
+    job->req = req;
+    job->store = req->ctx->store;
+    job->work.data = job;
+    http_request_retain(req);
+    int rc = uv_queue_work(req->ctx->loop, &job->work, job_run, job_done);
+    if (rc != 0) {
+        route_log(LOG_ERROR, "admin: cannot queue work: %s", uv_strerror(rc));
+        http_respond_error(req, 503, SERVER_ERROR, "admin call cannot run now");
+        free(job);
+        http_request_release(req);
+    }
+}
+
+static admin_job_t *new_job(http_request_t *req, job_kind_t kind) {
+    admin_job_t *job = calloc(1, sizeof(*job));
+    if (!job)
+        http_respond_error(req, 500, SERVER_ERROR, "out of memory");
+    else
+        job->kind = kind;
+    return job;
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+/* Decimal digits only, no sign or spaces, within [min, max]. */
+static int parse_int(const char *s, size_t n, int64_t min, int64_t max, int64_t *out) {
+    if (n == 0 || n > 19) return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        int d = s[i] - '0';
+        if (v > (INT64_MAX - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    if (v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+/* One query parameter as a number in [0, max]; an absent or empty value leaves *out alone. */
+static int query_number(const char *v, size_t vlen, int64_t max, int *out) {
+    int64_t x;
+    if (vlen == 0) return 0;
+    if (parse_int(v, vlen, 0, INT64_MAX, &x) != 0) return -1;
+    *out = (int)(x > max ? max : x);
+    return 0;
+}
+
+/* limit (capped at RECORDS_MAX_LIMIT) and offset from the query. Returns 0, or -1 with the
+ * offending parameter in *bad. */
+static int parse_records_query(const char *query, int *limit, int *offset, const char **bad) {
+    *limit = RECORDS_DEFAULT_LIMIT;
+    *offset = 0;
+    for (const char *p = query; p && *p;) {
+        const char *amp = strchr(p, '&');
+        size_t n = amp ? (size_t)(amp - p) : strlen(p);
+        const char *eq = memchr(p, '=', n);
+        size_t klen = eq ? (size_t)(eq - p) : n;
+        const char *v = eq ? eq + 1 : p + n;
+        size_t vlen = (size_t)(p + n - v);
+        if (klen == 5 && memcmp(p, "limit", 5) == 0 &&
+            query_number(v, vlen, RECORDS_MAX_LIMIT, limit) != 0) {
+            *bad = "limit";
+            return -1;
+        }
+        if (klen == 6 && memcmp(p, "offset", 6) == 0 &&
+            query_number(v, vlen, INT_MAX, offset) != 0) {
+            *bad = "offset";
+            return -1;
+        }
+        p = amp ? amp + 1 : p + n;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- routes */
+
+static int method_is(const http_request_t *req, const char *name) {
+    return strcmp(req->method_name, name) == 0;
+}
+
+static void route_upstreams(http_request_t *req) {
+    job_kind_t kind;
+    if (method_is(req, "GET"))
+        kind = JOB_LIST_UPSTREAMS;
+    else if (method_is(req, "POST"))
+        kind = JOB_ADD_UPSTREAM;
+    else {
+        respond_method_not_allowed(req, "GET, POST");
+        return;
+    }
+    admin_job_t *job = new_job(req, kind);
+    if (job) queue_job(req, job);
+}
+
+static void route_upstream(http_request_t *req, const char *id_text, size_t id_len) {
+    job_kind_t kind;
+    if (method_is(req, "PUT"))
+        kind = JOB_UPDATE_UPSTREAM;
+    else if (method_is(req, "DELETE"))
+        kind = JOB_DELETE_UPSTREAM;
+    else {
+        respond_method_not_allowed(req, "PUT, DELETE");
+        return;
+    }
+    int64_t id;
+    if (parse_int(id_text, id_len, 1, INT64_MAX, &id) != 0) {
+        http_respond_error(req, 400, BAD_REQUEST, "invalid upstream id");
+        return;
+    }
+    admin_job_t *job = new_job(req, kind);
+    if (!job) return;
+    job->id = id;
+    queue_job(req, job);
+}
+
+static void route_records(http_request_t *req) {
+    if (!method_is(req, "GET")) {
+        respond_method_not_allowed(req, "GET");
+        return;
+    }
+    int limit, offset;
+    const char *bad = NULL;
+    if (parse_records_query(req->query, &limit, &offset, &bad) != 0) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "invalid %s", bad);
+        http_respond_error(req, 400, BAD_REQUEST, msg);
+        return;
+    }
+    if (limit == 0) {
+        http_respond_json(req, 200, "[]\n", 3);
+        return;
+    }
+    admin_job_t *job = new_job(req, JOB_LIST_RECORDS);
+    if (!job) return;
+    job->limit = limit;
+    job->offset = offset;
+    queue_job(req, job);
+}
+
+static void route_reload(http_request_t *req) {
+    if (!method_is(req, "POST")) {
+        respond_method_not_allowed(req, "POST");
+        return;
+    }
+    /* On the loop thread: the Lua state belongs to it. Requests in flight keep the hooks they
+     * started with (hooks.c's concern). */
+    char *err = NULL;
+    if (hooks_reload(req->ctx->hooks, &err) == 0) {
+        route_log(LOG_INFO, "admin: scripts reloaded");
+        respond_message(req, "success");
+    } else {
+        route_log(LOG_WARN, "admin: reload failed, the running scripts stay: %s",
+                  err ? err : "unknown error");
+        http_respond_error(req, 400, "script_error", err ? err : "reload failed");
+    }
+    free(err);
+}
+
+void admin_handle(http_request_t *req) {
+    if (!admin_authorized(req)) return;
+    const char *p = req->path + strlen("/admin");
+    size_t n = strlen(p);
+    if (n > 1 && p[n - 1] == '/') n--; /* "/admin/upstreams/" is the collection */
+
+#define IS(route) (n == sizeof(route) - 1 && memcmp(p, route, n) == 0)
+    static const char upstream_prefix[] = "/upstreams/";
+    const size_t uplen = sizeof(upstream_prefix) - 1;
+    if (IS("/login")) {
+        if (!method_is(req, "POST")) {
+            respond_method_not_allowed(req, "POST");
+            return;
+        }
+        respond_message(req, "success");
+    } else if (IS("/upstreams")) {
+        route_upstreams(req);
+    } else if (n > uplen && memcmp(p, upstream_prefix, uplen) == 0) {
+        route_upstream(req, p + uplen, n - uplen);
+    } else if (IS("/request_records")) {
+        route_records(req);
+    } else if (IS("/reload")) {
+        route_reload(req);
+    } else {
+        http_respond_error(req, 404, BAD_REQUEST, "not found");
+    }
+#undef IS
+}
+
+/* ---------------------------------------------------------------- /metrics */
+
+void metrics_handle(http_request_t *req) {
+    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+        respond_method_not_allowed(req, "GET, HEAD");
+        return;
+    }
+    route_ctx_t *ctx = req->ctx;
+    store_loop_refresh(ctx->store);
+    const char *pub = store_loop_config(ctx->store, "metrics_public");
+    if (!(pub && strcmp(pub, "1") == 0) && !admin_authorized(req)) return;
+
+    metrics_set_gauges(ctx->metrics, (int64_t)server_open_connections(ctx),
+                       (int64_t)server_active_requests(ctx));
+    buf_t b = {0};
+    if (metrics_render(ctx->metrics, &b) != 0) {
+        buf_free(&b);
+        {
+            http_respond_error(req, 500, SERVER_ERROR, "out of memory");
+            return;
+        }
+    }
+    static const char ct[] = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+    if (http_response_start(req, 200, ct, sizeof(ct) - 1, (int64_t)b.len) == 0)
+        http_response_write(req, b.data ? b.data : "", b.len, NULL);
+    http_response_end(req);
+    buf_free(&b);
+}

@@ -1,0 +1,381 @@
+/* proxy.c: one /v1 request's life.
+ *
+ * Owns: the order of events (authorize hook, pick_upstream hook, forward, failover, stream,
+ * finish), the upstream request's path and headers, which failures fail over and count, the
+ * response headers passed back, backpressure, and what on_response and the metrics see.
+ * Must not: parse HTTP or manage sockets (server.c, upstream.c), touch Lua (hooks.c) or
+ * SQLite (store.c), or copy response bytes: they go to the client in the buffer they came in. */
+#include "route/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "route/extract.h"
+#include "route/hooks.h"
+#include "route/metrics.h"
+#include "route/store.h"
+#include "route/upstream.h"
+
+typedef struct proxy_req {
+    route_ctx_t *ctx;
+    http_request_t *http;
+    route_req_t rreq;
+    route_candidate_t *cands;
+    size_t n_cands, next;
+    route_attempt_t *attempts;
+    size_t n_attempts;
+    upstream_url_t url; /* of the current attempt */
+    upstream_req_t *up;
+    extract_t *ex;
+    int64_t ttfb_ns;
+    int status, sent_head, finished, client_aborted, asis;
+    const char *error;
+} proxy_req_t;
+
+static void proxy_finish(proxy_req_t *p, int record);
+
+static double config_seconds(route_ctx_t *ctx, const char *key, double fallback) {
+    const char *v = store_loop_config(ctx->store, key);
+    if (!v || !*v) return fallback;
+    char *end;
+    double d = strtod(v, &end);
+    return (end == v || d < 0) ? fallback : d;
+}
+
+static uint64_t to_ms(double seconds) {
+    return (uint64_t)(seconds * 1000.0 + 0.5);
+}
+
+/* The endpoint as shown in errors: scheme, host and path only, never a query string. */
+static const char *endpoint_label(proxy_req_t *p, const upstream_url_t *u) {
+    return arena_printf(&p->http->arena, "%s://%s%s", u->tls ? "https" : "http", u->host_header,
+                        u->base_path);
+}
+
+static void respond_error(proxy_req_t *p, int status, const char *type, const char *message) {
+    p->status = status;
+    p->error = message;
+    http_respond_error(p->http, status, type, message);
+}
+
+/* ---------------------------------------------------------------- upstream events */
+
+static int is_hop_by_hop(const route_header_t *h, const route_header_t *connection) {
+    static const char *const drop[] = {
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+        "te",         "trailer",    "upgrade",          "content-length"};
+    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        if (strcmp(h->name, drop[i]) == 0) return 1;
+    /* CORS is ours alone: an upstream's copy would double or contradict it. */
+    if (strncmp(h->name, "access-control-", 15) == 0) return 1;
+    if (connection) { /* headers the upstream named in Connection are hop-by-hop too */
+        const char *v = connection->value;
+        while (*v) {
+            while (*v == ' ' || *v == ',')
+                v++;
+            size_t n = strcspn(v, " ,");
+            if (n && n == h->name_len && strncasecmp(v, h->name, n) == 0) return 1;
+            v += n;
+        }
+    }
+    return 0;
+}
+
+/* Names were lower-cased for lookups; clients get the usual "Content-Type" spelling. */
+static void append_canonical_name(buf_t *out, const char *name, size_t len) {
+    if (buf_reserve(out, len) != 0) return;
+    char *dst = out->data + out->len;
+    for (size_t i = 0; i < len; i++) {
+        char ch = name[i];
+        dst[i] = (i == 0 || name[i - 1] == '-') && ch >= 'a' && ch <= 'z' ? ch - 'a' + 'A' : ch;
+    }
+    out->len += len;
+}
+
+static int should_fail_over(const proxy_req_t *p, int status) {
+    if (status == 429 || status >= 500) return 1;
+    /* With sk "asis" a 401/403 is about the client's own key: theirs to see. */
+    return (status == 401 || status == 403) && !p->asis;
+}
+
+static void try_next_candidate(proxy_req_t *p);
+
+static void on_up_head(void *ud, int status, const route_header_t *headers, size_t n,
+                       int64_t content_length) {
+    proxy_req_t *p = ud;
+    route_attempt_t *a = &p->attempts[p->n_attempts - 1];
+    a->status = status;
+    if (should_fail_over(p, status)) {
+        a->failed = 1;
+        a->error = arena_printf(&p->http->arena, "status %d", status);
+        upstream_cancel(p->up);
+        p->up = NULL;
+        try_next_candidate(p);
+        return;
+    }
+    const route_header_t *connection = NULL, *content_type = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(headers[i].name, "connection") == 0) connection = &headers[i];
+        if (strcmp(headers[i].name, "content-type") == 0) content_type = &headers[i];
+    }
+    buf_t out = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (is_hop_by_hop(&headers[i], connection)) continue;
+        append_canonical_name(&out, headers[i].name, headers[i].name_len);
+        buf_append(&out, ": ", 2);
+        buf_append(&out, headers[i].value, headers[i].value_len);
+        buf_append(&out, "\r\n", 2);
+    }
+    p->sent_head = 1;
+    p->status = status;
+    p->ttfb_ns = util_now_mono_ns() - p->http->start_mono_ns;
+    http_response_start(p->http, status, out.data, out.len, content_length);
+    buf_free(&out);
+    if (content_type) p->ex = extract_new(content_type->value, content_type->value_len);
+}
+
+static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
+    proxy_req_t *p = ud;
+    if (p->ex) extract_feed(p->ex, data, len);
+    if (http_response_write(p->http, data, len, ref) != 0) return;
+    if (http_response_pending(p->http) > HTTP_WRITE_HIGH_WATER) upstream_pause(p->up);
+}
+
+static void on_client_drain(http_request_t *http) {
+    proxy_req_t *p = http->handler_data;
+    if (p && p->up) upstream_resume(p->up);
+}
+
+static void on_up_done(void *ud) {
+    proxy_req_t *p = ud;
+    p->up = NULL;
+    http_response_end(p->http);
+    proxy_finish(p, 1);
+}
+
+static void on_up_error(void *ud, int kind, const char *message) {
+    proxy_req_t *p = ud;
+    p->up = NULL;
+    route_attempt_t *a = &p->attempts[p->n_attempts - 1];
+    a->failed = 1;
+    a->error = arena_strdup(&p->http->arena, message);
+    if (p->ctx->metrics)
+        metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
+                                         kind == UPSTREAM_ERR_TIMEOUT ? "timeout"
+                                         : kind == UPSTREAM_ERR_TLS   ? "tls"
+                                         : kind == UPSTREAM_ERR_DNS   ? "dns"
+                                                                      : "connect");
+    if (!p->sent_head) {
+        try_next_candidate(p);
+        return;
+    }
+    /* Bytes already reached the client: no failover; cut the response so it sees the end. */
+    p->error =
+        arena_printf(&p->http->arena, "upstream %s failed mid-response: %s", a->endpoint, message);
+    http_response_abort(p->http);
+    proxy_finish(p, 1);
+}
+
+static const upstream_callbacks_t upstream_events = {
+    .on_head = on_up_head,
+    .on_body = on_up_body,
+    .on_done = on_up_done,
+    .on_error = on_up_error,
+};
+
+/* ---------------------------------------------------------------- forwarding */
+
+static char *build_target(proxy_req_t *p) {
+    const http_request_t *h = p->http;
+    const char *rest = h->path + 3; /* the path after "/v1" */
+    const char *base = p->url.base_path;
+    return arena_printf(&p->http->arena, "%s%s%s%s", base, (*base || *rest) ? rest : "/",
+                        h->query ? "?" : "", h->query ? h->query : "");
+}
+
+static void append_client_header(buf_t *b, const http_request_t *h, const char *name,
+                                 const char *wire_name) {
+    const route_header_t *v = http_request_header(h, name);
+    if (!v) return;
+    buf_printf(b, "%s: ", wire_name);
+    buf_append(b, v->value, v->value_len);
+    buf_appends(b, "\r\n");
+}
+
+static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) {
+    const http_request_t *h = p->http;
+    buf_printf(b, "Host: %s\r\n", p->url.host_header);
+    if (p->asis)
+        append_client_header(b, h, "authorization", "Authorization");
+    else
+        buf_printf(b, "Authorization: Bearer %s\r\n", c->sk);
+    append_client_header(b, h, "content-type", "Content-Type");
+    append_client_header(b, h, "accept", "Accept");
+    /* The body is complete in memory, so it always goes with a Content-Length. */
+    if (h->body.len || http_request_header(h, "content-length") ||
+        http_request_header(h, "transfer-encoding"))
+        buf_printf(b, "Content-Length: %zu\r\n", h->body.len);
+}
+
+static void try_next_candidate(proxy_req_t *p) {
+    route_ctx_t *ctx = p->ctx;
+    while (p->next < p->n_cands) {
+        const route_candidate_t *c = &p->cands[p->next++];
+        route_attempt_t *a = &p->attempts[p->n_attempts++];
+        memset(a, 0, sizeof(*a));
+        a->upstream_id = c->id;
+        const char *why;
+        if (upstream_parse_url(&p->http->arena, c->endpoint, &p->url, &why) != 0) {
+            a->endpoint = "(invalid endpoint)";
+            a->error = why;
+            a->failed = 1;
+            continue;
+        }
+        a->endpoint = endpoint_label(p, &p->url);
+        p->asis = strcmp(c->sk, "asis") == 0;
+
+        double connect = c->connect_timeout >= 0 ? c->connect_timeout
+                                                 : config_seconds(ctx, "connect_timeout", 10);
+        double headers = p->rreq.stream
+                             ? (c->stream_timeout >= 0 ? c->stream_timeout
+                                                       : config_seconds(ctx, "stream_timeout", 30))
+                             : (c->timeout >= 0 ? c->timeout : config_seconds(ctx, "timeout", 120));
+        double idle =
+            c->idle_timeout >= 0 ? c->idle_timeout : config_seconds(ctx, "idle_timeout", 120);
+
+        buf_t hdrs = {0};
+        build_headers(p, c, &hdrs);
+        upstream_request_opts_t o = {
+            .url = &p->url,
+            .method = p->http->method_name,
+            .target = build_target(p),
+            .headers = hdrs.data,
+            .headers_len = hdrs.len,
+            .body = p->http->body.data,
+            .body_len = p->http->body.len,
+            .head_request = strcmp(p->http->method_name, "HEAD") == 0,
+            .connect_timeout_ms = to_ms(connect),
+            .header_timeout_ms = to_ms(headers),
+            .idle_timeout_ms = to_ms(idle),
+        };
+        p->up = o.target && hdrs.data ? upstream_request(ctx->pool, &o, &upstream_events, p) : NULL;
+        buf_free(&hdrs);
+        if (p->up) return;
+        a->error = "out of memory";
+        a->failed = 1;
+    }
+    /* Every candidate failed: say which and why, by endpoint, never by key. */
+    buf_t msg = {0};
+    buf_appends(&msg, "all upstreams failed: ");
+    for (size_t i = 0; i < p->n_attempts; i++)
+        buf_printf(&msg, "%s%s: %s", i ? "; " : "", p->attempts[i].endpoint,
+                   p->attempts[i].error ? p->attempts[i].error : "failed");
+    char *text = arena_strndup(&p->http->arena, msg.data ? msg.data : "", msg.len);
+    buf_free(&msg);
+    respond_error(p, 502, "upstream_error", text ? text : "all upstreams failed");
+    proxy_finish(p, 1);
+}
+
+/* ---------------------------------------------------------------- life */
+
+static void on_client_abort(http_request_t *http) {
+    proxy_req_t *p = http->handler_data;
+    if (!p) return;
+    p->client_aborted = 1;
+    if (p->up) {
+        upstream_cancel(p->up);
+        p->up = NULL;
+    }
+    p->error = "client disconnected";
+    proxy_finish(p, 1);
+}
+
+static void proxy_finish(proxy_req_t *p, int record) {
+    if (p->finished) return;
+    p->finished = 1;
+    http_request_t *http = p->http;
+    int64_t elapsed = util_now_mono_ns() - http->start_mono_ns;
+    route_res_t res = {0};
+    res.status = p->client_aborted && !p->sent_head ? 499 : p->status;
+    res.error = p->error;
+    res.client_aborted = p->client_aborted;
+    res.elapsed_ns = elapsed;
+    res.ttfb_ns = p->ttfb_ns;
+    res.attempts = p->attempts;
+    res.n_attempts = p->n_attempts;
+    if (p->sent_head && p->n_attempts) {
+        res.upstream_id = p->attempts[p->n_attempts - 1].upstream_id;
+        res.upstream_endpoint = p->attempts[p->n_attempts - 1].endpoint;
+    }
+    if (p->ex) {
+        extract_finish(p->ex);
+        res.content = extract_content(p->ex, &res.content_len);
+        res.model = extract_model(p->ex);
+        res.has_usage =
+            extract_usage(p->ex, &res.prompt_tokens, &res.completion_tokens, &res.total_tokens);
+    }
+    if (record) hooks_on_response(p->ctx->hooks, &p->rreq, &res);
+    if (p->ctx->metrics)
+        metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
+                                elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);
+    if (p->ex) extract_free(p->ex);
+    http->handler_data = NULL;
+    http->on_abort = NULL;
+    http->on_drain = NULL;
+    http_request_release(http);
+}
+
+void proxy_handle(http_request_t *http) {
+    route_ctx_t *ctx = http->ctx;
+    store_loop_refresh(ctx->store);
+    proxy_req_t *p = arena_alloc(&http->arena, sizeof(*p));
+    if (!p) {
+        http_respond_error(http, 500, "server_error", "out of memory");
+        return;
+    }
+    memset(p, 0, sizeof(*p));
+    p->ctx = ctx;
+    p->http = http;
+    http_request_retain(http);
+    http->handler_data = p;
+    http->on_abort = on_client_abort;
+    http->on_drain = on_client_drain;
+
+    p->rreq.http = http;
+    util_uuid4(p->rreq.id);
+    char *model = NULL;
+    extract_request_fields(http->body.data, http->body.len, &model, &p->rreq.stream);
+    if (model) {
+        p->rreq.model = arena_strdup(&http->arena, model);
+        free(model);
+    }
+
+    int status = 403;
+    const char *message = NULL;
+    int allowed = hooks_authorize(ctx->hooks, &p->rreq, &status, &message);
+    if (allowed != 1) {
+        /* A refusal is not recorded; a hook that failed is (it passed no verdict). */
+        int hook_failed = allowed < 0;
+        if (!message) message = hook_failed ? "authorize hook failed" : "unauthorized";
+        respond_error(p, status, hook_failed ? "server_error" : "authorization_error", message);
+        proxy_finish(p, hook_failed);
+        return;
+    }
+
+    message = NULL;
+    if (hooks_pick_upstream(ctx->hooks, &p->rreq, &p->cands, &p->n_cands, &message) != 0 ||
+        p->n_cands == 0) {
+        respond_error(p, 500, "server_error", message ? message : "no upstream available");
+        proxy_finish(p, 1);
+        return;
+    }
+    p->attempts = arena_alloc(&http->arena, p->n_cands * sizeof(*p->attempts));
+    if (!p->attempts) {
+        respond_error(p, 500, "server_error", "out of memory");
+        proxy_finish(p, 1);
+        return;
+    }
+    try_next_candidate(p);
+}

@@ -1,0 +1,199 @@
+/* fuzz_extract.c: libFuzzer target for the extractors. The input goes in as an SSE stream
+ * (whole and cut at a data-derived point: same results), as a JSON body and as a request
+ * body; wherever it is one JSON document, the results must equal what jansson makes of it.
+ * The scanner's one allowed difference: jansson skips a NUL byte right after a number or a
+ * literal, the scanner calls that malformed, so with a NUL in the input the scanner may find
+ * nothing where jansson finds something, never anything else. */
+#include "route/extract.h"
+
+#include <jansson.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *content; /* NULL: none */
+    size_t content_len;
+    char *model;
+    int has_usage;
+    int64_t u[3];
+} result_t;
+
+static void result_free(result_t *r) {
+    free(r->content);
+    free(r->model);
+}
+
+static int result_eq(const result_t *a, const result_t *b) {
+    if (!a->content != !b->content || a->content_len != b->content_len) return 0;
+    if (a->content && memcmp(a->content, b->content, a->content_len) != 0) return 0;
+    if (!a->model != !b->model || (a->model && strcmp(a->model, b->model) != 0)) return 0;
+    if (a->has_usage != b->has_usage) return 0;
+    return !a->has_usage || memcmp(a->u, b->u, sizeof(a->u)) == 0;
+}
+
+static int result_empty(const result_t *r) {
+    return !r->content && !r->model && !r->has_usage;
+}
+
+static char *dup_bytes(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (!d) abort();
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+static result_t run(const char *ct, const char *body, size_t len, size_t cut) {
+    result_t r = {0};
+    extract_t *x = extract_new(ct, strlen(ct));
+    if (!x) abort();
+    extract_feed(x, body, cut);
+    extract_feed(x, body + cut, len - cut);
+    extract_finish(x);
+    size_t n;
+    const char *c = extract_content(x, &n);
+    if (c) {
+        if (n > EXTRACT_CONTENT_CAP || c[n] != '\0') abort();
+        r.content = dup_bytes(c, n);
+        r.content_len = n;
+    }
+    const char *m = extract_model(x);
+    if (m) {
+        if (!*m) abort(); /* an empty model is no model */
+        r.model = dup_bytes(m, strlen(m));
+    }
+    r.has_usage = extract_usage(x, &r.u[0], &r.u[1], &r.u[2]);
+    extract_free(x);
+    return r;
+}
+
+/* The rules of extract.h applied to one document with jansson. */
+static result_t reference(const char *doc, size_t len, const char *msg_key) {
+    result_t r = {0};
+    json_t *root = json_loadb(doc, len, 0, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return r;
+    }
+    json_t *m = json_object_get(root, "model");
+    if (json_is_string(m) && json_string_length(m))
+        r.model = dup_bytes(json_string_value(m), json_string_length(m));
+    json_t *c0 = json_array_get(json_object_get(root, "choices"), 0);
+    json_t *c = NULL;
+    if (json_is_object(c0)) {
+        c = json_object_get(json_object_get(c0, msg_key), "content");
+        if (!json_is_string(c)) c = json_object_get(c0, "text");
+        if (!json_is_string(c)) c = NULL;
+    }
+    if (c) {
+        r.content = dup_bytes(json_string_value(c), json_string_length(c));
+        r.content_len = json_string_length(c);
+    }
+    json_t *u = json_object_get(root, "usage");
+    json_t *p = json_object_get(u, "prompt_tokens"), *co = json_object_get(u, "completion_tokens"),
+           *t = json_object_get(u, "total_tokens");
+    if (json_is_object(u) && json_is_integer(p) && json_is_integer(co) && json_is_integer(t)) {
+        r.has_usage = 1;
+        r.u[0] = json_integer_value(p);
+        r.u[1] = json_integer_value(co);
+        r.u[2] = json_integer_value(t);
+    }
+    json_decref(root);
+    return r;
+}
+
+static void agree(const result_t *scanner, const result_t *ref, int has_nul) {
+    if (result_eq(scanner, ref)) return;
+    if (has_nul && result_empty(scanner)) return;
+    abort();
+}
+
+static void check_request(const char *body, size_t len, int has_nul) {
+    char *model;
+    int stream;
+    extract_request_fields(body, len, &model, &stream);
+    json_t *root = json_loadb(body, len, 0, NULL);
+    const char *rm = NULL;
+    int rs = 0;
+    size_t rm_len = 0;
+    if (json_is_object(root)) {
+        json_t *m = json_object_get(root, "model");
+        if (json_is_string(m)) {
+            rm = json_string_value(m);
+            rm_len = json_string_length(m);
+        }
+        rs = json_is_true(json_object_get(root, "stream"));
+    }
+    int eq = stream == rs && !model == !rm &&
+             (!model || (strlen(model) == rm_len && memcmp(model, rm, rm_len) == 0));
+    if (!eq && !(has_nul && !model && !stream)) abort();
+    json_decref(root);
+    free(model);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    const char *in = (const char *)data;
+    size_t cut = size ? data[0] * size / 255 : 0;
+    int has_nul = memchr(in, '\0', size) != NULL;
+
+    /* The raw input as a stream: cutting it must not matter. */
+    result_t a = run("text/event-stream", in, size, 0);
+    result_t b = run("text/event-stream", in, size, cut);
+    if (!result_eq(&a, &b)) abort();
+    result_free(&a);
+    result_free(&b);
+
+    /* The raw input as a JSON body (small enough that the content cap cannot cut it). */
+    a = run("application/json; charset=utf-8", in, size, cut);
+    if (size <= EXTRACT_CONTENT_CAP) {
+        b = reference(in, size, "message");
+        agree(&a, &b, has_nul);
+        result_free(&b);
+    }
+    result_free(&a);
+
+    /* The input as the data of one event: line breaks become data lines, which the framer
+     * joins with '\n', so the document compared is the input with its line ends as '\n'. */
+    if (size <= 65536) {
+        char *doc = malloc(size + 1), *sse = malloc(size * 7 + 16);
+        if (!doc || !sse) abort();
+        size_t dn = 0, sn = 0;
+        memcpy(sse, "data: ", 6);
+        sn = 6;
+        for (size_t i = 0; i < size; i++) {
+            char c = in[i];
+            if (c == '\r' || c == '\n') {
+                if (c == '\r' && i + 1 < size && in[i + 1] == '\n') i++;
+                doc[dn++] = '\n';
+                memcpy(sse + sn, "\ndata: ", 7);
+                sn += 7;
+            } else {
+                doc[dn++] = c;
+                sse[sn++] = c;
+            }
+        }
+        memcpy(sse + sn, "\n\n", 2);
+        sn += 2;
+        a = run("text/event-stream", sse, sn, cut < sn ? cut : sn);
+        b = reference(doc, dn, "delta");
+        agree(&a, &b, has_nul);
+        result_free(&a);
+        result_free(&b);
+        free(doc);
+        free(sse);
+    }
+
+    /* Request fields, of the input and of the input as a member value, where its validity
+     * shows through the model next to it. */
+    check_request(in, size, has_nul);
+    static const char head[] = "{\"model\":\"m\",\"x\":";
+    char *wrapped = malloc(sizeof(head) + size + 1);
+    if (!wrapped) abort();
+    memcpy(wrapped, head, sizeof(head) - 1);
+    memcpy(wrapped + sizeof(head) - 1, in, size);
+    wrapped[sizeof(head) - 1 + size] = '}';
+    check_request(wrapped, sizeof(head) + size, has_nul);
+    free(wrapped);
+    return 0;
+}
