@@ -28,6 +28,8 @@
 
 static const char BAD_REQUEST[] = "invalid_request_error";
 static const char SERVER_ERROR[] = "server_error";
+/* The type proxy.c gives a /v1 403, so clients see one shape for a refused token. */
+static const char AUTH_ERROR[] = "authorization_error";
 
 /* ---------------------------------------------------------------- responses */
 
@@ -81,8 +83,7 @@ static int admin_authorized(http_request_t *req) {
     static const char prefix[] = "Bearer";
     const size_t plen = sizeof(prefix) - 1;
     if (!h || h->value_len < plen || memcmp(h->value, prefix, plen) != 0) {
-        http_respond_error(req, 403, BAD_REQUEST,
-                           "authorization header should start with 'Bearer'");
+        http_respond_error(req, 403, AUTH_ERROR, "authorization header should start with 'Bearer'");
         return 0;
     }
     const char *token = h->value + plen;
@@ -106,7 +107,7 @@ static int admin_authorized(http_request_t *req) {
         p = comma ? comma + 1 : p + n;
     }
     if (!ok) {
-        http_respond_error(req, 403, BAD_REQUEST, "wrong authorization header");
+        http_respond_error(req, 403, AUTH_ERROR, "wrong authorization header");
         return 0;
     }
     return 1;
@@ -545,7 +546,8 @@ void admin_handle(http_request_t *req) {
         respond_message(req, "success");
     } else if (IS("/upstreams")) {
         route_upstreams(req);
-    } else if (n > uplen && memcmp(p, upstream_prefix, uplen) == 0) {
+    } else if (n > uplen && memcmp(p, upstream_prefix, uplen) == 0 &&
+               !memchr(p + uplen, '/', n - uplen)) { /* one segment, as gin's :id */
         route_upstream(req, p + uplen, n - uplen);
     } else if (IS("/request_records")) {
         route_records(req);

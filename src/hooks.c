@@ -9,7 +9,6 @@
 #include "route/hooks.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +18,6 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "route/cli.h"
 #include "route/lua_api.h"
 #include "route/store.h"
 #include "route/util.h"
@@ -33,6 +31,7 @@
 #define REG_HOOKS      "route.hooks"
 #define REG_BASELINE   "route.baseline_modules"
 #define EMBEDDED_CHUNK "=route.lua (embedded)"
+#define SCRIPT_NAME    "route.lua"
 
 static const char *const hook_names[] = {"authorize", "pick_upstream", "on_response"};
 
@@ -181,6 +180,48 @@ static void check_hook_table(lua_State *L, const char *where) {
     }
 }
 
+/* The whole file, malloc'd; NULL with errno set. */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *bigger = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
+        if (!bigger) {
+            free(buf);
+            buf = NULL;
+            errno = ENOMEM;
+            break;
+        }
+        buf = bigger;
+        cap *= 2;
+    }
+    if (buf && ferror(f)) {
+        free(buf);
+        buf = NULL;
+        errno = EIO;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* A load error names the operator's file in full: "route.lua:3: ..." becomes
+ * "<scripts_dir>/route.lua:3: ...". Takes msg. */
+static char *with_path(hooks_t *h, char *msg) {
+    static const char prefix[] = SCRIPT_NAME ":";
+    if (!msg || !h->scripts_dir || strncmp(msg, prefix, sizeof prefix - 1) != 0) return msg;
+    size_t n = strlen(h->scripts_dir) + 1 + strlen(msg) + 1;
+    char *out = malloc(n);
+    if (!out) return msg;
+    snprintf(out, n, "%s/%s", h->scripts_dir, msg);
+    free(msg);
+    return out;
+}
+
 static int load_p(lua_State *L) {
     load_job_t *job = lua_touserdata(L, 1);
     hooks_t *h = job->h;
@@ -254,9 +295,23 @@ static int load_p(lua_State *L) {
         const char *path = lua_tostring(L, -1);
         struct stat st;
         if (stat(path, &st) == 0) {
-            if (luaL_loadfilex(L, path, "t")) lua_error(L);
+            size_t len = 0;
+            char *text = read_file(path, &len);
+            if (!text) luaL_error(L, "cannot read %s: %s", path, strerror(errno));
+            /* Skip a "#!" line as lua(1) does, keeping its newline so line numbers hold. */
+            size_t skip = 0;
+            if (len && text[0] == '#')
+                while (skip < len && text[skip] != '\n')
+                    skip++;
+            /* "route.lua", not the path: errors at request time go to API clients, which have
+             * no business knowing the server's directories. Load errors get the path back in
+             * with_path(). */
+            int rc = luaL_loadbufferx(L, text + skip, len - skip, "@" SCRIPT_NAME, "t");
+            free(text);
+            if (rc != LUA_OK) lua_error(L);
+            job->loaded_file = 1;
             lua_call(L, 0, 1);
-            check_hook_table(L, path);
+            check_hook_table(L, SCRIPT_NAME);
             lua_pushnil(L);
             while (lua_next(L, -2)) {
                 lua_pushvalue(L, -2);
@@ -301,6 +356,7 @@ hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
     load_job_t job = {h, 1, 0};
     char *msg = NULL;
     if (run_protected(h, load_p, &job, &msg) != 0) {
+        msg = with_path(h, msg);
         if (err)
             *err = msg;
         else
@@ -327,6 +383,7 @@ int hooks_reload(hooks_t *h, char **err) {
     load_job_t job = {h, 0, 0};
     char *msg = NULL;
     if (run_protected(h, load_p, &job, &msg) != 0) {
+        msg = with_path(h, msg);
         route_log(LOG_WARN, "hooks: reload failed, the running hooks stay: %s", msg);
         if (err)
             *err = msg;

@@ -517,9 +517,21 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     return buf_append(&c->value, at, len) ? reject(c, 500) : 0;
 }
 
+/* RFC 9110 token characters: llhttp's non-strict build lets "Name : value" through, and
+ * RFC 9112 says a server must reject whitespace before the colon. */
+static int is_token(const char *s, size_t n) {
+    if (n == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 32 || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch)) return 0;
+    }
+    return 1;
+}
+
 static int on_header_value_complete(llhttp_t *p) {
     server_conn_t *c = p->data;
     http_request_t *req = c->reading;
+    if (!is_token(c->field.data, c->field.len)) return reject(c, 400);
     if (req->n_headers == c->headers_cap) {
         size_t cap = c->headers_cap ? c->headers_cap * 2 : 16;
         route_header_t *h = arena_alloc(&req->arena, cap * sizeof(*h));

@@ -21,6 +21,7 @@
 
 #define BUSY_TIMEOUT_MS 5000
 #define WRITE_ATTEMPTS  3
+#define COUNT(a)        (sizeof(a) / sizeof *(a))
 
 /* ---- schema ---- */
 
@@ -338,12 +339,15 @@ static sqlite3 *db_open(const char *path, int busy_ms, char **err) {
     return db;
 }
 
-static int create_schema(sqlite3 *db) {
-    if (exec(db, "PRAGMA journal_mode=WAL") || exec(db, "BEGIN IMMEDIATE")) return -1;
+static int create_schema(sqlite3 *db, char **err) {
+    if (exec(db, "PRAGMA journal_mode=WAL") || exec(db, "BEGIN IMMEDIATE")) {
+        set_err(err, db);
+        return -1;
+    }
     int ok = 1;
-    for (size_t i = 0; ok && i < sizeof schema_sql / sizeof *schema_sql; i++)
+    for (size_t i = 0; ok && i < COUNT(schema_sql); i++)
         ok = exec(db, schema_sql[i]) == 0;
-    for (size_t i = 0; ok && i < sizeof columns / sizeof *columns; i++) {
+    for (size_t i = 0; ok && i < COUNT(columns); i++) {
         sqlite3_stmt *st = query(db, "SELECT 1 FROM pragma_table_info(?) WHERE name=?", "ss",
                                  columns[i].table, columns[i].column);
         int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
@@ -358,8 +362,10 @@ static int create_schema(sqlite3 *db) {
         }
     }
     if (ok) ok = exec(db, records_index_sql) == 0 && exec(db, "COMMIT") == 0;
-    if (!ok) exec(db, "ROLLBACK");
-    return ok ? 0 : -1;
+    if (ok) return 0;
+    set_err(err, db); /* before the rollback replaces the message */
+    exec(db, "ROLLBACK");
+    return -1;
 }
 
 static int prepare_all(sqlite3 *db, const char *const *sql, sqlite3_stmt **const *out, size_t n) {
@@ -383,7 +389,7 @@ static void item_free(item_t *it) {
 static void store_free(store_t *s) {
     sqlite3_stmt *stmts[] = {s->loop_version, s->loop_config, s->loop_upstreams, s->w_record,
                              s->w_success,    s->w_failure,   s->w_config};
-    for (size_t i = 0; i < sizeof stmts / sizeof *stmts; i++)
+    for (size_t i = 0; i < COUNT(stmts); i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(s->loop_db);
     sqlite3_close(s->writer_db);
@@ -425,17 +431,14 @@ store_t *store_open(const char *path, char **err) {
     sqlite3_stmt **const writer_out[] = {&s->w_record, &s->w_success, &s->w_failure, &s->w_config};
 
     if (!(s->sync_db = db_open(path, BUSY_TIMEOUT_MS, err))) goto fail;
-    if (create_schema(s->sync_db)) {
-        set_err(err, s->sync_db);
-        goto fail;
-    }
+    if (create_schema(s->sync_db, err)) goto fail;
     if (!(s->loop_db = db_open(path, 0, err))) goto fail;
-    if (prepare_all(s->loop_db, loop_sql, loop_out, 3)) {
+    if (prepare_all(s->loop_db, loop_sql, loop_out, COUNT(loop_out))) {
         set_err(err, s->loop_db);
         goto fail;
     }
     if (!(s->writer_db = db_open(path, BUSY_TIMEOUT_MS, err))) goto fail;
-    if (prepare_all(s->writer_db, writer_sql, writer_out, 4)) {
+    if (prepare_all(s->writer_db, writer_sql, writer_out, COUNT(writer_out))) {
         set_err(err, s->writer_db);
         goto fail;
     }
@@ -497,12 +500,15 @@ static int write_item(store_t *s, const item_t *it) {
 
 /* One transaction for the whole batch: an fsync-free commit per batch instead of per row. */
 static int write_batch(store_t *s, const item_t *batch) {
-    if (exec(s->writer_db, "BEGIN IMMEDIATE")) return -1;
-    for (const item_t *it = batch; it; it = it->next)
-        if (write_item(s, it))
-            route_log(LOG_ERROR, "store: a queued write failed: %s", sqlite3_errmsg(s->writer_db));
-    if (exec(s->writer_db, "COMMIT") == 0) return 0;
-    exec(s->writer_db, "ROLLBACK");
+    sqlite3 *db = s->writer_db;
+    if (exec(db, "BEGIN IMMEDIATE") == 0) {
+        for (const item_t *it = batch; it; it = it->next)
+            if (write_item(s, it))
+                route_log(LOG_ERROR, "store: a queued write failed: %s", sqlite3_errmsg(db));
+        if (exec(db, "COMMIT") == 0) return 0;
+    }
+    route_log(LOG_WARN, "store: writing a batch failed: %s", sqlite3_errmsg(db));
+    exec(db, "ROLLBACK");
     return -1;
 }
 
@@ -528,9 +534,7 @@ static void *writer_main(void *arg) {
             if (batch->config_seq > seq) seq = batch->config_seq;
             item_free(batch);
         }
-        if (rc)
-            route_log(LOG_ERROR, "store: %zu queued writes lost: %s", n,
-                      sqlite3_errmsg(s->writer_db));
+        if (rc) route_log(LOG_ERROR, "store: %zu queued writes lost", n);
 
         pthread_mutex_lock(&s->queue_mu);
         /* Even a lost config write is "done": the cache should then show what the file has. */
@@ -560,6 +564,10 @@ void store_loop_refresh(store_t *s) {
     sqlite3_reset(s->loop_version);
     if (s->cache_valid && version == s->data_version) return;
 
+    /* Read before the tables: a write counted here as committed is surely in what follows. */
+    pthread_mutex_lock(&s->queue_mu);
+    uint64_t written = s->config_seq_written;
+    pthread_mutex_unlock(&s->queue_mu);
     kv_list_t config;
     store_upstream_list_t upstreams;
     if (read_config(s->loop_config, &config)) return;
@@ -573,10 +581,6 @@ void store_loop_refresh(store_t *s) {
     s->upstreams = upstreams;
     s->data_version = version;
     s->cache_valid = 1;
-
-    pthread_mutex_lock(&s->queue_mu);
-    uint64_t written = s->config_seq_written;
-    pthread_mutex_unlock(&s->queue_mu);
     for (item_t **pp = &s->pending, *p; (p = *pp);) {
         if (p->config_seq <= written) {
             *pp = p->next;
@@ -620,6 +624,15 @@ void store_loop_config_set(store_t *s, const char *key, const char *value) {
         item_free(p);
         return;
     }
+    /* At most one pending value per key, the newest, so the order of re-applying is moot. */
+    for (item_t **pp = &s->pending, *old; (old = *pp);) {
+        if (strcmp(old->key, key) == 0) {
+            *pp = old->next;
+            item_free(old);
+        } else {
+            pp = &old->next;
+        }
+    }
     p->next = s->pending;
     s->pending = p;
     enqueue(s, it);
@@ -647,6 +660,19 @@ void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success) {
     it->kind = success ? ITEM_SUCCESS : ITEM_FAILURE;
     it->upstream_id = upstream_id;
     it->at = util_now_wall_ns();
+    /* The next pick must see this result now, not after the writer's commit: round_robin
+     * would otherwise send back-to-back requests to the same upstream. */
+    for (size_t i = 0; i < s->upstreams.n; i++) {
+        store_upstream_t *u = &s->upstreams.items[i];
+        if (u->id != upstream_id) continue;
+        if (success) {
+            u->success_count++;
+            u->last_call_success_time = it->at;
+            u->has_last_success = 1;
+        } else {
+            u->failed_count++;
+        }
+    }
     enqueue(s, it);
 }
 
@@ -856,7 +882,7 @@ void store_record_free(store_record_t *r) {
     if (!r) return;
     char *strings[] = {r->ip,         r->body, r->response, r->model, r->upstream_endpoint,
                        r->user_agent, r->error};
-    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
+    for (size_t i = 0; i < COUNT(strings); i++)
         free(strings[i]);
     free(r);
 }

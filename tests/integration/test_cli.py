@@ -1,14 +1,11 @@
 """The command line of the real binary: usage and flag errors, the one-shot commands -add,
--list and -set, and a database written with the Go program's schema. Runs with the binary
-named by ROUTE_BINARY; every test has its own database under tmp_path."""
+-list and -set, and a database written with the Go program's schema. The binary comes from
+conftest's `binary` fixture (ROUTE_BINARY); every test has its own database under tmp_path."""
 
-import os
 import sqlite3
 import subprocess
 
 import pytest
-
-BINARY = os.environ["ROUTE_BINARY"]
 
 FLAGS = ["-addr", "-database", "-add", "-sk", "-endpoint", "-list", "-noauth", "-scripts",
          "-set", "-ca-file", "-tls-cert", "-tls-key", "-h", "-help"]
@@ -27,15 +24,16 @@ CREATE TABLE `records` (`id` uuid,`created_at` datetime,`ip` text,`body` text,
   `response` text,`elapsed_time` integer,PRIMARY KEY (`id`));
 """
 
-def run(*args, db=None):
-    argv = [BINARY] + (["-database", str(db)] if db else []) + list(args)
+
+def run(binary, *args, db=None):
+    argv = [binary] + (["-database", str(db)] if db else []) + list(args)
     return subprocess.run(argv, capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
 
 
-def test_help_names_every_flag():
+def test_help_names_every_flag(binary):
     for form in ("-h", "-help", "--help"):
-        r = run(form)
+        r = run(binary, form)
         assert r.returncode == 0
         text = r.stdout + r.stderr
         for flag in FLAGS:
@@ -43,43 +41,43 @@ def test_help_names_every_flag():
         assert '(default ":8888")' in text
 
 
-def test_unknown_flag_is_a_usage_error(tmp_path):
-    r = run("-bogus", db=tmp_path / "db.sqlite")
+def test_unknown_flag_is_a_usage_error(binary, tmp_path):
+    r = run(binary, "-bogus", db=tmp_path / "db.sqlite")
     assert r.returncode == 2
     assert "flag provided but not defined: -bogus" in r.stderr
     assert "-addr" in r.stderr
     assert not (tmp_path / "db.sqlite").exists()
 
 
-def test_flag_without_value_is_a_usage_error(tmp_path):
-    r = run("-add", "-sk", db=tmp_path / "db.sqlite")
+def test_flag_without_value_is_a_usage_error(binary, tmp_path):
+    r = run(binary, "-add", "-sk", db=tmp_path / "db.sqlite")
     assert r.returncode == 2
     assert "flag needs an argument: -sk" in r.stderr
 
 
 @pytest.mark.parametrize("flag", ["-tls-cert", "-tls-key"])
-def test_tls_cert_and_key_go_together(tmp_path, flag):
-    r = run(flag, str(tmp_path / "x.pem"), db=tmp_path / "db.sqlite")
+def test_tls_cert_and_key_go_together(binary, tmp_path, flag):
+    r = run(binary, flag, str(tmp_path / "x.pem"), db=tmp_path / "db.sqlite")
     assert r.returncode == 2
     assert "-tls-cert" in r.stderr and "-tls-key" in r.stderr
 
 
-def test_add_list_set_round_trip(tmp_path):
+def test_add_list_set_round_trip(binary, tmp_path):
     db = tmp_path / "db.sqlite"
-    r = run("-add", "-sk", "sk-first-0123456789", db=db)
+    r = run(binary, "-add", "-sk", "sk-first-0123456789", db=db)
     assert r.returncode == 0, r.stderr
     assert "sk-first-0123456789" in r.stdout and "https://api.openai.com/v1" in r.stdout
 
-    r = run("--add", "--sk=sk-second", "-endpoint=http://127.0.0.1:9/v1", db=db)
+    r = run(binary, "--add", "--sk=sk-second", "-endpoint=http://127.0.0.1:9/v1", db=db)
     assert r.returncode == 0, r.stderr
 
-    r = run("-set", "policy=round_robin", db=db)
+    r = run(binary, "-set", "policy=round_robin", db=db)
     assert r.returncode == 0, r.stderr
     assert "policy=round_robin" in r.stdout
-    r = run("-set=authorization=tok-a,tok-b", db=db)
+    r = run(binary, "-set=authorization=tok-a,tok-b", db=db)
     assert r.returncode == 0, r.stderr
 
-    r = run("-list", db=db)
+    r = run(binary, "-list", db=db)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     header = lines[0]
@@ -102,29 +100,30 @@ def test_add_list_set_round_trip(tmp_path):
     assert rows[0][6][4] == "-" and rows[0][6][10] == " " and rows[0][6][-3] == ":"
 
 
-def test_add_needs_sk(tmp_path):
-    r = run("-add", db=tmp_path / "db.sqlite")
+def test_add_needs_sk(binary, tmp_path):
+    r = run(binary, "-add", db=tmp_path / "db.sqlite")
     assert r.returncode == 1
     assert "-sk" in r.stderr
 
 
-def test_duplicate_add_fails(tmp_path):
+def test_duplicate_add_fails(binary, tmp_path):
     db = tmp_path / "db.sqlite"
-    assert run("-add", "-sk", "sk-dup", db=db).returncode == 0
-    r = run("-add", "-sk", "sk-dup", db=db)
+    assert run(binary, "-add", "-sk", "sk-dup", db=db).returncode == 0
+    r = run(binary, "-add", "-sk", "sk-dup", db=db)
     assert r.returncode == 1
     assert "exists" in r.stderr
     # The same key at another endpoint is another upstream.
-    assert run("-add", "-sk", "sk-dup", "-endpoint", "https://other/v1", db=db).returncode == 0
+    r = run(binary, "-add", "-sk", "sk-dup", "-endpoint", "https://other/v1", db=db)
+    assert r.returncode == 0, r.stderr
 
 
-def test_set_without_equals_fails(tmp_path):
-    r = run("-set", "policy", db=tmp_path / "db.sqlite")
+def test_set_without_equals_fails(binary, tmp_path):
+    r = run(binary, "-set", "policy", db=tmp_path / "db.sqlite")
     assert r.returncode == 1
     assert "key=value" in r.stderr
 
 
-def test_go_database_is_listed_and_extended(tmp_path):
+def test_go_database_is_listed_and_extended(binary, tmp_path):
     db = tmp_path / "db.sqlite"
     with sqlite3.connect(db) as conn:
         conn.executescript(GO_SCHEMA)
@@ -142,7 +141,7 @@ def test_go_database_is_listed_and_extended(tmp_path):
         conn.execute("INSERT INTO records VALUES ('7f1e0a52-5a9b-4b8e-9f0e-1d2c3b4a5f6e', "
                      "'2023-08-10 13:32:52.5+08:00', '1.2.3.4', '{}', 'hi', 1500000000)")
 
-    r = run("-list", db=db)
+    r = run(binary, "-list", db=db)
     assert r.returncode == 0, r.stderr
     never = next(line for line in r.stdout.splitlines() if "sk-go-never" in line)
     assert "never" in never and " 4 " in never and " 2 " in never
@@ -151,12 +150,13 @@ def test_go_database_is_listed_and_extended(tmp_path):
     assert "sk-go-deleted" not in r.stdout
     assert "authorization=go-token" in r.stdout
 
-    r = run("-add", "-sk", "sk-new", db=db)
+    r = run(binary, "-add", "-sk", "sk-new", db=db)
     assert r.returncode == 0, r.stderr
-    assert run("-add", "-sk", "sk-go-never", db=db).returncode == 1
+    assert run(binary, "-add", "-sk", "sk-go-never", db=db).returncode == 1
     # Adding the soft-deleted pair revives it.
-    assert run("-add", "-sk", "sk-go-deleted", "-endpoint", "https://c/v1", db=db).returncode == 0
-    assert "sk-go-deleted" in run("-list", db=db).stdout
+    r = run(binary, "-add", "-sk", "sk-go-deleted", "-endpoint", "https://c/v1", db=db)
+    assert r.returncode == 0, r.stderr
+    assert "sk-go-deleted" in run(binary, "-list", db=db).stdout
 
     with sqlite3.connect(db) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(records)")]

@@ -7,16 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
+#include "testlib.h"
 
 #define SSE  "text/event-stream"
 #define JSON "application/json"
@@ -606,6 +597,5 @@ int main(void) {
     test_api_edges();
     test_request_fields();
     test_agrees_with_jansson();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return TEST_DONE();
 }

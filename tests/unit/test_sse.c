@@ -6,16 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
+#include "testlib.h"
 
 /* Events rendered as text: "[event|data]" with '-' for no event, so a whole run compares as
  * one string. */
@@ -243,6 +234,5 @@ int main(void) {
     test_oversize_streamed();
     test_openai_stream();
     test_null_safety();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return TEST_DONE();
 }

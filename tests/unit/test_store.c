@@ -241,6 +241,8 @@ static void test_loop_and_writer(void) {
     CHECK(sqlite3_exec(other,
                        "BEGIN IMMEDIATE; UPDATE config_kvs SET value='6' WHERE key='timeout'", NULL,
                        NULL, NULL) == SQLITE_OK);
+    store_loop_config_set(s, "policy", "x");
+    store_loop_config_set(s, "other", "y");
     store_loop_config_set(s, "policy", "random");
     usleep(20000);
     CHECK(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
@@ -248,6 +250,7 @@ static void test_loop_and_writer(void) {
     store_loop_refresh(s);
     CHECK(strcmp(store_loop_config(s, "timeout"), "6") == 0);
     CHECK(strcmp(store_loop_config(s, "policy"), "random") == 0);
+    CHECK(strcmp(store_loop_config(s, "other"), "y") == 0);
 
     store_record_t *r = store_record_new();
     CHECK(r && strlen(r->id) == 36 && r->created_at > 0);
