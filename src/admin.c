@@ -20,6 +20,7 @@
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
+#include "route/reload.h"
 #include "route/server.h"
 #include "route/store.h"
 
@@ -137,7 +138,8 @@ typedef struct admin_job {
     int status; /* 200: `out` is the body; else error_msg */
     char error_msg[256];
     buf_t out;
-    int64_t result_id; /* for the log line */
+    int64_t result_id;     /* the upstream a change touched, for the log line */
+    const char *done_verb; /* "added", ...: a change to log once it succeeded */
 } admin_job_t;
 
 static void job_fail(admin_job_t *job, int status, const char *fmt, ...)
@@ -289,12 +291,14 @@ static void job_write_upstream(admin_job_t *job) {
             return;
         }
         rc = store_add_upstream(job->store, sk, endpoint, &job->result_id);
+        job->done_verb = "added";
     } else {
         /* An empty string keeps the field, as gorm's Updates skipped zero values: an upstream
          * never ends up with an empty key or endpoint. */
         rc = store_update_upstream(job->store, job->id, sk && *sk ? sk : NULL,
                                    endpoint && *endpoint ? endpoint : NULL);
         job->result_id = job->id;
+        job->done_verb = "updated";
     }
     json_decref(obj);
 
@@ -314,6 +318,7 @@ static void job_write_upstream(admin_job_t *job) {
 static void job_delete_upstream(admin_job_t *job) {
     int rc = store_delete_upstream(job->store, job->id);
     job->result_id = job->id;
+    job->done_verb = "deleted";
     if (rc == STORE_NOT_FOUND)
         job_fail(job, 404, "upstream not found");
     else if (rc != STORE_OK)
@@ -354,14 +359,8 @@ static void job_done(uv_work_t *w, int status) {
             http_respond_error(req, job->status, job->status >= 500 ? SERVER_ERROR : BAD_REQUEST,
                                job->error_msg);
     }
-    if (status == 0 && job->status == 200) {
-        static const char *const what[] = {[JOB_ADD_UPSTREAM] = "added",
-                                           [JOB_UPDATE_UPSTREAM] = "updated",
-                                           [JOB_DELETE_UPSTREAM] = "deleted"};
-        if (job->kind == JOB_ADD_UPSTREAM || job->kind == JOB_UPDATE_UPSTREAM ||
-            job->kind == JOB_DELETE_UPSTREAM)
-            route_log(LOG_INFO, "admin: upstream %" PRId64 " %s", job->result_id, what[job->kind]);
-    }
+    if (status == 0 && job->status == 200 && job->done_verb)
+        route_log(LOG_INFO, "admin: upstream %" PRId64 " %s", job->result_id, job->done_verb);
     buf_free(&job->out);
     free(job);
     http_request_release(req);
@@ -518,15 +517,26 @@ static void route_reload(http_request_t *req) {
     /* On the loop thread: the Lua state belongs to it. Requests in flight keep the hooks they
      * started with (hooks.c's concern). */
     char *err = NULL;
-    if (hooks_reload(req->ctx->hooks, &err) == 0) {
-        route_log(LOG_INFO, "admin: scripts reloaded");
+    if (reloader_reload(req->ctx->reloader, "admin", &err) == 0)
         respond_message(req, "success");
-    } else {
-        route_log(LOG_WARN, "admin: reload failed, the running scripts stay: %s",
-                  err ? err : "unknown error");
+    else
         http_respond_error(req, 400, "script_error", err ? err : "reload failed");
-    }
     free(err);
+}
+
+static void route_scripts(http_request_t *req) {
+    if (!method_is(req, "GET")) {
+        respond_method_not_allowed(req, "GET");
+        return;
+    }
+    buf_t out = {0};
+    reloader_status_json(req->ctx->reloader, &out);
+    buf_appends(&out, "\n");
+    if (out.data)
+        http_respond_json(req, 200, out.data, out.len);
+    else
+        http_respond_error(req, 500, "server_error", "out of memory");
+    buf_free(&out);
 }
 
 void admin_handle(http_request_t *req) {
@@ -553,6 +563,8 @@ void admin_handle(http_request_t *req) {
         route_records(req);
     } else if (IS("/reload")) {
         route_reload(req);
+    } else if (IS("/scripts")) {
+        route_scripts(req);
     } else {
         http_respond_error(req, 404, BAD_REQUEST, "not found");
     }

@@ -384,16 +384,18 @@ int hooks_reload(hooks_t *h, char **err) {
     char *msg = NULL;
     if (run_protected(h, load_p, &job, &msg) != 0) {
         msg = with_path(h, msg);
-        route_log(LOG_WARN, "hooks: reload failed, the running hooks stay: %s", msg);
         if (err)
             *err = msg;
         else
             free(msg);
         return -1;
     }
-    route_log(LOG_INFO, "hooks: reloaded (%s)",
-              job.loaded_file ? "route.lua over the embedded defaults" : "embedded defaults");
     return 0;
+}
+
+void hooks_release(hooks_t *h, route_req_t *req) {
+    if (req->hooks_ref > 0) luaL_unref(h->L, LUA_REGISTRYINDEX, req->hooks_ref);
+    req->hooks_ref = 0;
 }
 
 void hooks_free(hooks_t *h) {
@@ -496,8 +498,16 @@ static void push_req(lua_State *L, call_t *c) {
     lua_remove(L, box_idx);
 }
 
-static void push_hook(lua_State *L, const char *name) {
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
+/* A request keeps the hook table it started with, so a reload in the middle of it (between
+ * authorize and on_response) does not hand it half to the old script, half to the new. */
+static void push_hook(lua_State *L, route_req_t *req, const char *name) {
+    if (req->hooks_ref > 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, req->hooks_ref);
+    } else {
+        lua_getfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
+        lua_pushvalue(L, -1);
+        req->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     if (!lua_istable(L, -1)) luaL_error(L, "hooks are not loaded");
     lua_getfield(L, -1, name);
     if (!lua_isfunction(L, -1)) luaL_error(L, "no '%s' hook", name);
@@ -524,7 +534,7 @@ static int run_call(call_t *c, lua_CFunction fn, char **err) {
 
 static int authorize_p(lua_State *L) {
     call_t *c = lua_touserdata(L, 1);
-    push_hook(L, "authorize");
+    push_hook(L, c->req, "authorize");
     push_req(L, c);
     lua_call(L, 1, 3);
     if (lua_type(L, -3) == LUA_TBOOLEAN && lua_toboolean(L, -3)) {
@@ -598,7 +608,7 @@ static void copy_candidate(lua_State *L, call_t *c, int idx, route_candidate_t *
 static int pick_p(lua_State *L) {
     call_t *c = lua_touserdata(L, 1);
     arena_t *a = &c->req->http->arena;
-    push_hook(L, "pick_upstream");
+    push_hook(L, c->req, "pick_upstream");
     push_req(L, c);
     lua_api_push_upstreams(L, &c->h->host);
     lua_call(L, 2, 2);
@@ -707,7 +717,7 @@ static void push_res(lua_State *L, const route_res_t *res) {
 
 static int on_response_p(lua_State *L) {
     call_t *c = lua_touserdata(L, 1);
-    push_hook(L, "on_response");
+    push_hook(L, c->req, "on_response");
     push_req(L, c);
     push_res(L, c->res);
     lua_call(L, 2, 0);

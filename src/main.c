@@ -13,6 +13,7 @@
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
+#include "route/reload.h"
 #include "route/server.h"
 #include "route/store.h"
 #include "route/tls.h"
@@ -91,13 +92,7 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
 
 static void on_sighup(uv_signal_t *s, int signum) {
     process_t *pr = s->data;
-    char *err = NULL;
-    if (hooks_reload(pr->ctx.hooks, &err) == 0)
-        route_log(LOG_INFO, "SIGHUP: scripts reloaded");
-    else
-        route_log(LOG_ERROR, "SIGHUP: reload failed, keeping the running scripts: %s",
-                  err ? err : "unknown error");
-    free(err);
+    reloader_reload(pr->ctx.reloader, "SIGHUP", NULL);
 }
 
 int main(int argc, char **argv) {
@@ -108,6 +103,9 @@ int main(int argc, char **argv) {
             if (strcmp(level, names[i]) == 0) route_log_set_level(i);
     }
     signal(SIGPIPE, SIG_IGN);
+    /* libuv's pool runs DNS lookups and admin database work; the default 4 threads would let
+     * a few slow admin listings hold up name resolution for proxied requests. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
 
     route_options_t opts;
     int rc = cli_parse(argc, argv, &opts, stdout, stderr);
@@ -170,6 +168,7 @@ int main(int argc, char **argv) {
         exit_code = 1;
         goto out;
     }
+    ctx->reloader = reloader_new(ctx, opts.scripts);
     char msg[256];
     if (server_start(ctx, msg, sizeof(msg)) != 0) {
         fprintf(stderr, "%s\n", msg);
@@ -195,6 +194,7 @@ out:
         uv_walk(&loop, close_handle, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
+    reloader_free(ctx->reloader);
     if (ctx->hooks) hooks_free(ctx->hooks);
     upstream_pool_free(ctx->pool);
     server_free(ctx);

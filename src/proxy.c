@@ -110,6 +110,9 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     if (should_fail_over(p, status)) {
         a->failed = 1;
         a->error = arena_printf(&p->http->arena, "status %d", status);
+        if (p->ctx->metrics)
+            metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
+                                             "status");
         upstream_cancel(p->up);
         p->up = NULL;
         try_next_candidate(p);
@@ -317,6 +320,7 @@ static void proxy_finish(proxy_req_t *p, int record) {
             extract_usage(p->ex, &res.prompt_tokens, &res.completion_tokens, &res.total_tokens);
     }
     if (record) hooks_on_response(p->ctx->hooks, &p->rreq, &res);
+    hooks_release(p->ctx->hooks, &p->rreq);
     if (p->ctx->metrics)
         metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
                                 elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);

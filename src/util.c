@@ -410,8 +410,12 @@ void route_vlog(int level, const char *fmt, va_list ap) {
     if (level > LOG_ERROR) level = LOG_ERROR;
     char line[2048];
     int64_t now = util_now_wall_ns();
-    size_t n = util_format_json_time(line, 64, now - now % 1000000);
-    n += (size_t)snprintf(line + n, sizeof line - n, " %s ", level_names[level]);
+    time_t secs = (time_t)(now / 1000000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(line, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(line + n, sizeof line - n, ".%03dZ %s ",
+                          (int)(now / 1000000 % 1000), level_names[level]);
     int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
     n = m < 0 ? n : n + (size_t)m < sizeof line - 1 ? n + (size_t)m : sizeof line - 2;
     line[n++] = '\n';

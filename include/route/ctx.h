@@ -14,6 +14,7 @@ typedef struct server server_t;
 typedef struct upstream_pool upstream_pool_t;
 typedef struct tls_config tls_config_t;
 typedef struct metrics metrics_t;
+typedef struct reloader reloader_t;
 
 typedef struct route_ctx {
     uv_loop_t *loop;
@@ -25,6 +26,7 @@ typedef struct route_ctx {
     tls_config_t *tls_client; /* upstream verification; NULL when it could not load */
     tls_config_t *tls_server; /* the HTTPS listener's, or NULL */
     metrics_t *metrics;
+    reloader_t *reloader;
     int shutting_down;
 } route_ctx_t;
 

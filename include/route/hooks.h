@@ -14,8 +14,9 @@
 typedef struct route_req {
     http_request_t *http; /* method, path, query, headers, body, client_ip */
     char id[37];
-    char *model; /* the body's top-level "model", or NULL */
-    int stream;  /* the body's top-level "stream" is true */
+    char *model;   /* the body's top-level "model", or NULL */
+    int stream;    /* the body's top-level "stream" is true */
+    int hooks_ref; /* the hook table this request started with (hooks.c); 0: none yet */
 } route_req_t;
 
 /* One candidate upstream, copied from the snapshot into the request's arena. Timeouts in
@@ -68,6 +69,9 @@ int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, s
 /* Runs on_response. Errors are logged; when the hook fails the row is recorded from C so
  * nothing is lost. */
 void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res);
+
+/* The request is over: lets go of the hook table it was pinned to. */
+void hooks_release(hooks_t *h, route_req_t *req);
 
 /* Embedded default script (generated from scripts/route.lua at build time). */
 extern const char route_lua_embedded[];

@@ -11,7 +11,8 @@ Fixtures:
 
 Markers:
   @pytest.mark.deadline(seconds)  the test's wall-clock limit (default 60 s; SIGALRM)
-  @pytest.mark.slow               waits on a real timeout (tens of seconds)
+  @pytest.mark.slow               waits on a real timeout (tens of seconds); skipped when
+                                  the environment has ROUTE_SKIP_SLOW=1
 
 Tests are skipped when ROUTE_BINARY is unset and no build has a binary; they fail when
 ROUTE_BINARY names no executable.
@@ -36,6 +37,14 @@ UPSTREAM_SK = "sk-upstream-secret-0001"
 def pytest_configure(config):
     config.addinivalue_line("markers", "deadline(seconds): wall-clock limit of the test")
     config.addinivalue_line("markers", "slow: waits on a real server timeout")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("ROUTE_SKIP_SLOW"):
+        skip = pytest.mark.skip(reason="ROUTE_SKIP_SLOW is set")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -508,3 +508,20 @@ def test_database_written_by_the_go_program(proxy_factory, mock, tmp_path):
     assert u["failed_count"] == 0
     assert isinstance(u["last_call_success_time"], str) and GO_TIME_RE.match(
         u["last_call_success_time"]) and not u["last_call_success_time"].startswith("0001")
+
+
+def test_logs_never_show_keys_or_tokens(proxy_factory, mock):
+    dead = "http://127.0.0.1:%d/v1" % closed_port()
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint()), ("sk-dead-secret-55", dead)])
+    mock.enqueue(Status(500), Status(429))
+    for _ in range(3):
+        p.request("POST", CHAT, chat_body(), timeout=20)
+    p.request("POST", CHAT, chat_body(), {"Authorization": "Bearer wrong-secret-token-77"})
+    p.request("POST", CHAT, chat_body(), {"Authorization": "Basic basic-secret-78"})
+    p.request("GET", "/admin/upstreams")
+    p.stop()
+    logs = p.stderr_text() + p.stdout_text()
+    for secret in (UPSTREAM_SK, "sk-dead-secret-55", TOKEN, "wrong-secret-token-77",
+                   "basic-secret-78"):
+        assert secret not in logs, "%r appears in the server's output:\n%s" % (
+            secret, "\n".join(ln for ln in logs.splitlines() if secret in ln)[:2000])
