@@ -17,6 +17,17 @@ gcc -O2 -o "$work/fast_upstream" "$root/tests/bench/fast_upstream.c" $(pkg-confi
 "$bin" -database "$work/db.sqlite" -set authorization=bench >/dev/null
 "$bin" -database "$work/db.sqlite" -add -sk sk-bench -endpoint http://127.0.0.1:19311/v1 >/dev/null
 "$bin" -database "$work/db.sqlite" -addr 127.0.0.1:19312 -scripts "$work/none" >/dev/null 2>"$work/proxy.log" & pids+=($!)
+# The same proxy with hooks that return at once and record nothing: the difference to the
+# default hooks is what authorization, the policy sort and recording cost per request.
+mkdir -p "$work/minimal"
+cat >"$work/minimal/route.lua" <<'LUA'
+return {
+  authorize = function() return true end,
+  pick_upstream = function(req, ups) return ups[1] end,
+  on_response = function() end,
+}
+LUA
+"$bin" -database "$work/db.sqlite" -addr 127.0.0.1:19313 -scripts "$work/minimal" >/dev/null 2>>"$work/proxy.log" & pids+=($!)
 sleep 0.5
 
 run() { # name url [header]
@@ -29,6 +40,7 @@ run() { # name url [header]
   echo "$1: $rps req/s, p50 $p50, p99 $p99"
 }
 run "direct to upstream" http://127.0.0.1:19311/models
-run "through the proxy " http://127.0.0.1:19312/v1/models "Authorization: Bearer bench"
+run "proxy, default hooks" http://127.0.0.1:19312/v1/models "Authorization: Bearer bench"
+run "proxy, minimal hooks" http://127.0.0.1:19313/v1/models "Authorization: Bearer bench"
 sleep 1
 echo "records written: $(sqlite3 "$work/db.sqlite" 'select count(*) from records')"
