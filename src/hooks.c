@@ -60,7 +60,13 @@ static void *hooks_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         h->mem_used -= old;
         return NULL;
     }
-    if (nsize > old && h->mem_limit && h->mem_used - old + nsize > h->mem_limit) return NULL;
+    if (nsize > old && h->mem_limit && h->mem_used - old + nsize > h->mem_limit) {
+        /* A refusal is dear: a script that catches "not enough memory" with pcall and tries
+         * again would otherwise fill and collect the whole cap thousands of times before
+         * its instruction budget ran out. */
+        h->used += h->budget / 8;
+        return NULL;
+    }
     void *p = realloc(ptr, nsize);
     if (!p) return NULL;
     h->mem_used = h->mem_used - old + nsize;
@@ -76,6 +82,10 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     hooks_t *h = hooks_of(L);
     h->used += BUDGET_CHECK_EVERY;
     if (h->used <= h->budget) return;
+    /* From now on every instruction of this thread raises: a script that catches the error
+     * with pcall and loops again cannot run on, since its next instruction raises anew.
+     * apply_limits() restores the normal interval before the next call. */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
     /* luaL_error would name the caller; the loop that ran away is the function at level 0. */
     lua_Debug d;
     if (lua_getstack(L, 0, &d) && lua_getinfo(L, "Sl", &d) && d.currentline > 0)
@@ -107,6 +117,7 @@ static void apply_limits(hooks_t *h) {
     if (mb > (long long)(SIZE_MAX >> 21)) mb = (long long)(SIZE_MAX >> 21);
     h->mem_limit = (size_t)mb << 20;
     h->used = 0;
+    lua_sethook(h->L, count_hook, LUA_MASKCOUNT, BUDGET_CHECK_EVERY);
 }
 
 /* ---- protected calls ---- */
@@ -279,6 +290,9 @@ static int load_p(lua_State *L) {
     lua_call(L, 0, 1);
     check_hook_table(L, "route.lua (embedded)");
     int defaults = lua_gettop(L);
+    /* Before the operator's script runs, so its top level can keep route.defaults in a local
+     * at start-up as on a reload. */
+    lua_api_set_defaults(L, defaults);
 
     /* The merged table: every default hook, then whatever the operator's script returns. */
     lua_newtable(L);
@@ -326,7 +340,6 @@ static int load_p(lua_State *L) {
     }
 
     /* Only now that everything loaded does the new table replace the running one. */
-    lua_api_set_defaults(L, defaults);
     lua_pushvalue(L, merged);
     lua_setfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
     return 0;

@@ -18,6 +18,9 @@
 #include <string.h>
 
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+/* Ciphertext input buffer capacity a connection may keep once everything in it is consumed;
+ * a bigger one (a 64 KiB read of a large body) is freed, so idle connections stay small. */
+#define TLS_IN_KEEP (16 * 1024)
 
 struct tls_config {
     int is_server;
@@ -151,7 +154,10 @@ static int bio_recv(void *ctx, unsigned char *out, size_t cap) {
     size_t n = avail < cap ? avail : cap;
     memcpy(out, t->in.data + t->in_off, n);
     t->in_off += n;
-    if (t->in_off == t->in.len) t->in.len = t->in_off = 0;
+    if (t->in_off == t->in.len) {
+        if (t->in.cap > TLS_IN_KEEP) buf_free(&t->in);
+        t->in.len = t->in_off = 0;
+    }
     return (int)n;
 }
 

@@ -298,12 +298,15 @@ static void conn_pool_put(upstream_conn_t *c) {
         return;
     }
     /* An idle connection keeps reading so a close by the peer is noticed at once; it has no
-     * need for a read buffer until bytes arrive. */
-    if (c->rbuf && c->rbuf->refs == 1) {
+     * need for a read buffer until bytes arrive. A client write still holding the block
+     * keeps its own reference: dropping ours now, not only when we are the last holder, is
+     * what keeps an idle pooled connection from pinning 64 KiB (the last body bytes are
+     * usually still on their way to the client when the response completes). */
+    if (c->rbuf) {
         refbuf_release(c->rbuf);
         c->rbuf = NULL;
     }
-    if (c->pbuf && c->pbuf->refs == 1) {
+    if (c->pbuf) {
         refbuf_release(c->pbuf);
         c->pbuf = NULL;
     }
