@@ -79,6 +79,7 @@ struct server_conn {
     size_t write_queued;
     int above_high_water;
     tls_conn_t *tls; /* HTTPS listener only */
+    int handles_open;
     int tls_ready;
 };
 
@@ -594,7 +595,9 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
     server_conn_t *c = p->data;
-    c->reading->keep_alive = llhttp_should_keep_alive(p);
+    /* An Upgrade request (h2c, websocket) is answered as plain HTTP and then the connection
+     * closes: llhttp would refuse to parse anything after it. */
+    c->reading->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     /* Pause so the request is handled before any pipelined bytes after it are parsed. */
     return HPE_PAUSED;
 }
@@ -775,10 +778,7 @@ static void on_conn_timer(uv_timer_t *t) {
 
 static void on_conn_closed(uv_handle_t *h) {
     server_conn_t *c = h->data;
-    if (h == (uv_handle_t *)&c->tcp) {
-        uv_close((uv_handle_t *)&c->timer, on_conn_closed);
-        return;
-    }
+    if (--c->handles_open > 0) return;
     server_t *srv = c->srv;
     if (c->prev)
         c->prev->next = c->next;
@@ -807,8 +807,10 @@ static void conn_close(server_conn_t *c) {
         req->response_done = 1;
         http_request_release(req);
     }
-    uv_timer_stop(&c->timer);
+    /* Both handles at once: a shutdown's uv_walk must find neither still open. */
+    c->handles_open = 2;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
 static void peer_ip(uv_tcp_t *tcp, char *out, size_t cap) {

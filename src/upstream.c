@@ -77,7 +77,7 @@ struct upstream_req {
     enum phase phase;
     int ops; /* outstanding libuv callbacks that reference this request */
     int finished, paused, retried, got_byte, message_done, informational;
-    int deferred_kind, dns_pending;
+    int deferred_kind, dns_pending, writing;
     const char *deferred_msg;
 };
 
@@ -204,7 +204,9 @@ static void req_complete(upstream_req_t *r, int reuse_conn) {
     upstream_conn_t *c = r->conn;
     req_detach_conn(r, 0);
     if (c) {
-        if (reuse_conn)
+        /* The upstream answered before reading all of the body: the write still in flight
+         * points into the client's body, which on_done frees. Closing cancels it. */
+        if (reuse_conn && !r->writing)
             conn_pool_put(c);
         else
             conn_close(c);
@@ -271,8 +273,11 @@ static void conn_close(upstream_conn_t *c) {
     if (c->closing) return;
     c->closing = 1;
     pool_remove(c);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
-    uv_close((uv_handle_t *)&c->idle_timer, on_conn_handle_closed);
+    /* At shutdown uv_walk may have closed a handle already. */
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&c->idle_timer))
+        uv_close((uv_handle_t *)&c->idle_timer, on_conn_handle_closed);
 }
 
 static upstream_conn_t *conn_new(upstream_pool_t *pool, origin_t *origin) {
@@ -447,7 +452,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 static int conn_parse(upstream_conn_t *c, upstream_req_t *r, const char *data, size_t len,
                       refbuf_t *ref) {
     r->got_byte = 1;
-    if (r->phase == PHASE_BODY) req_arm(r, PHASE_BODY);
+    if (r->phase == PHASE_BODY && !r->paused) req_arm(r, PHASE_BODY);
     c->cur_ref = ref;
     r->ops++; /* callbacks below may cancel r */
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
@@ -568,7 +573,9 @@ static int on_message_complete(llhttp_t *p) {
 static void on_write_done(uv_write_t *w, int status) {
     upstream_req_t *r = w->data;
     r->ops--;
-    if (r->finished) {
+    r->writing = 0;
+    /* Cancelled by our own uv_close: whoever closed has dealt with the request. */
+    if (r->finished || status == UV_ECANCELED) {
         req_maybe_free(r);
         return;
     }
@@ -596,6 +603,7 @@ static void req_send(upstream_req_t *r) {
             r->deferred_msg = "TLS write failed";
             uv_timer_start(&r->timer, on_req_timer, 0, 0);
         }
+        uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read); /* if paused */
         return;
     }
     uv_buf_t bufs[2];
@@ -604,6 +612,7 @@ static void req_send(upstream_req_t *r) {
     if (r->opts.body_len) bufs[n++] = uv_buf_init((char *)r->opts.body, (unsigned)r->opts.body_len);
     r->write_req.data = r;
     int rc = uv_write(&r->write_req, (uv_stream_t *)&c->tcp, bufs, n, on_write_done);
+    r->writing = rc == 0;
     if (rc < 0) {
         r->deferred_kind = UPSTREAM_ERR_CONNECT;
         r->deferred_msg = "sending the request failed";
@@ -885,8 +894,9 @@ int upstream_post(upstream_pool_t *pool, const char *url, const char *body, size
         webhook_free(w);
         return -1;
     }
-    w->label = arena_printf(&w->arena, "%s://%s%s", w->url.tls ? "https" : "http",
-                            w->url.host_header, w->url.base_path);
+    /* Host only: webhook URLs carry their token in the path (Feishu) or the query. */
+    w->label =
+        arena_printf(&w->arena, "%s://%s", w->url.tls ? "https" : "http", w->url.host_header);
     const char *q = strchr(url + (w->url.tls ? 8 : 7), '?');
     char *target =
         arena_printf(&w->arena, "%s%s", *w->url.base_path ? w->url.base_path : "/", q ? q : "");
