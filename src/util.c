@@ -414,8 +414,8 @@ void route_vlog(int level, const char *fmt, va_list ap) {
     struct tm tm;
     gmtime_r(&secs, &tm);
     size_t n = strftime(line, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(line + n, sizeof line - n, ".%03dZ %s ",
-                          (int)(now / 1000000 % 1000), level_names[level]);
+    n += (size_t)snprintf(line + n, sizeof line - n, ".%03dZ %s ", (int)(now / 1000000 % 1000),
+                          level_names[level]);
     int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
     n = m < 0 ? n : n + (size_t)m < sizeof line - 1 ? n + (size_t)m : sizeof line - 2;
     line[n++] = '\n';
