@@ -7,6 +7,9 @@
  * store_loop_* cache), touch a request's arena from a work thread, or log a key or a token. */
 #include "route/admin.h"
 
+#include "route/auth.h"
+#include "route/config.h"
+
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
@@ -67,51 +70,17 @@ static void respond_method_not_allowed(http_request_t *req, const char *allow) {
 
 /* ---------------------------------------------------------------- authorization */
 
-/* Only spaces, as Go's strings.Trim(s, " "): a tab stays part of the token. */
-static void trim_spaces(const char **s, size_t *n) {
-    while (*n && **s == ' ') {
-        (*s)++;
-        (*n)--;
-    }
-    while (*n && (*s)[*n - 1] == ' ')
-        (*n)--;
-}
-
-/* The Go program's rule: "Bearer" prefix (case-sensitive), then the rest trimmed of spaces
- * must equal one of the comma-separated configured tokens. Answers 403 itself when not. */
+/* The one Bearer rule (auth.c) against the typed config's token list. Answers 403 itself when
+ * the header does not pass. */
 static int admin_authorized(http_request_t *req) {
     const route_header_t *h = http_request_header(req, "authorization");
-    static const char prefix[] = "Bearer";
-    const size_t plen = sizeof(prefix) - 1;
-    if (!h || h->value_len < plen || memcmp(h->value, prefix, plen) != 0) {
-        http_respond_error(req, 403, AUTH_ERROR, "authorization header should start with 'Bearer'");
-        return 0;
-    }
-    const char *token = h->value + plen;
-    size_t token_len = h->value_len - plen;
-    trim_spaces(&token, &token_len);
-
-    store_t *store = req->ctx->store;
-    store_loop_refresh(store);
-    const char *configured = store_loop_config(store, "authorization");
-    int ok = 0;
-    /* Every configured token is compared, so the time taken does not tell which one (or
-     * whether an early one) matched. An empty token never matches: "Bearer" alone is no
-     * credential. */
-    for (const char *p = configured; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        const char *t = p;
-        size_t tn = n;
-        trim_spaces(&t, &tn);
-        if (tn > 0 && token_len > 0) ok |= util_secure_equal(token, token_len, t, tn) != 0;
-        p = comma ? comma + 1 : p + n;
-    }
-    if (!ok) {
-        http_respond_error(req, 403, AUTH_ERROR, "wrong authorization header");
-        return 0;
-    }
-    return 1;
+    route_ctx_t *ctx = http_request_ctx(req);
+    store_loop_refresh(ctx->store);
+    const route_config_t *cfg = config_current(ctx);
+    int verdict = auth_check_bearer(cfg->tokens, h ? h->value : NULL, h ? h->value_len : 0);
+    if (verdict == AUTH_OK) return 1;
+    http_respond_error(req, 403, AUTH_ERROR, auth_refusal_message(verdict));
+    return 0;
 }
 
 /* ---------------------------------------------------------------- store work */
@@ -265,9 +234,10 @@ static int bind_upstream(json_t *obj, const char **sk, const char **endpoint, co
 }
 
 static void job_write_upstream(admin_job_t *job) {
-    const buf_t *body = &job->req->body;
+    size_t body_len = 0;
+    const char *body = http_request_body(job->req, &body_len);
     json_error_t jerr;
-    json_t *obj = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
+    json_t *obj = json_loadb(body, body_len, 0, &jerr);
     if (!obj || !json_is_object(obj)) {
         if (obj)
             job_fail(job, 400, "invalid JSON: expected an object with SK and Endpoint");
@@ -350,7 +320,7 @@ static void job_run(uv_work_t *w) {
 static void job_done(uv_work_t *w, int status) {
     admin_job_t *job = w->data;
     http_request_t *req = job->req;
-    if (req->conn) {
+    if (http_request_client_connected(req)) {
         if (status != 0)
             http_respond_error(req, 503, SERVER_ERROR, "admin call cancelled");
         else if (job->status == 200)
@@ -370,10 +340,10 @@ static void job_done(uv_work_t *w, int status) {
  * but the finished work. */
 static void queue_job(http_request_t *req, admin_job_t *job) {
     job->req = req;
-    job->store = req->ctx->store;
+    job->store = http_request_ctx(req)->store;
     job->work.data = job;
     http_request_retain(req);
-    int rc = uv_queue_work(req->ctx->loop, &job->work, job_run, job_done);
+    int rc = uv_queue_work(http_request_ctx(req)->loop, &job->work, job_run, job_done);
     if (rc != 0) {
         route_log(LOG_ERROR, "admin: cannot queue work: %s", uv_strerror(rc));
         http_respond_error(req, 503, SERVER_ERROR, "admin call cannot run now");
@@ -447,7 +417,7 @@ static int parse_records_query(const char *query, int *limit, int *offset, const
 /* ---------------------------------------------------------------- routes */
 
 static int method_is(const http_request_t *req, const char *name) {
-    return strcmp(req->method_name, name) == 0;
+    return strcmp(http_request_method(req), name) == 0;
 }
 
 static void route_upstreams(http_request_t *req) {
@@ -492,7 +462,7 @@ static void route_records(http_request_t *req) {
     }
     int limit, offset;
     const char *bad = NULL;
-    if (parse_records_query(req->query, &limit, &offset, &bad) != 0) {
+    if (parse_records_query(http_request_query(req), &limit, &offset, &bad) != 0) {
         char msg[64];
         snprintf(msg, sizeof(msg), "invalid %s", bad);
         http_respond_error(req, 400, BAD_REQUEST, msg);
@@ -517,7 +487,7 @@ static void route_reload(http_request_t *req) {
     /* On the loop thread: the Lua state belongs to it. Requests in flight keep the hooks they
      * started with (hooks.c's concern). */
     char *err = NULL;
-    if (reloader_reload(req->ctx->reloader, "admin", &err) == 0)
+    if (reloader_reload(http_request_ctx(req)->reloader, "admin", &err) == 0)
         respond_message(req, "success");
     else
         http_respond_error(req, 400, "script_error", err ? err : "reload failed");
@@ -530,7 +500,7 @@ static void route_scripts(http_request_t *req) {
         return;
     }
     buf_t out = {0};
-    reloader_status_json(req->ctx->reloader, &out);
+    reloader_status_json(http_request_ctx(req)->reloader, &out);
     buf_appends(&out, "\n");
     if (out.data)
         http_respond_json(req, 200, out.data, out.len);
@@ -541,7 +511,7 @@ static void route_scripts(http_request_t *req) {
 
 void admin_handle(http_request_t *req) {
     if (!admin_authorized(req)) return;
-    const char *p = req->path + strlen("/admin");
+    const char *p = http_request_path(req) + strlen("/admin");
     size_t n = strlen(p);
     if (n > 1 && p[n - 1] == '/') n--; /* "/admin/upstreams/" is the collection */
 
@@ -578,10 +548,9 @@ void metrics_handle(http_request_t *req) {
         respond_method_not_allowed(req, "GET, HEAD");
         return;
     }
-    route_ctx_t *ctx = req->ctx;
+    route_ctx_t *ctx = http_request_ctx(req);
     store_loop_refresh(ctx->store);
-    const char *pub = store_loop_config(ctx->store, "metrics_public");
-    if (!(pub && strcmp(pub, "1") == 0) && !admin_authorized(req)) return;
+    if (!config_current(ctx)->metrics_public && !admin_authorized(req)) return;
 
     metrics_set_gauges(ctx->metrics, (int64_t)server_open_connections(ctx),
                        (int64_t)server_active_requests(ctx));

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "route/config.h"
 #include "route/store.h"
 #include "route/util.h"
 
@@ -242,6 +243,11 @@ static int run_add(store_t *s, const route_options_t *opts, FILE *out, FILE *err
 }
 
 static int run_set(store_t *s, const char *key, const char *value, FILE *out, FILE *err) {
+    char why[256];
+    if (config_validate(key, value, why, sizeof why) != 0) {
+        fprintf(err, "-set: invalid value: %s\n", why);
+        return 1;
+    }
     if (store_config_set(s, key, value) != STORE_OK) {
         fprintf(err, "cannot write config key %s\n", key);
         return 1;

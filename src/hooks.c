@@ -18,6 +18,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "route/config.h"
 #include "route/lua_api.h"
 #include "route/store.h"
 #include "route/util.h"
@@ -98,22 +99,10 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     lua_error(L);
 }
 
-static long long config_ll(hooks_t *h, const char *key, long long dflt) {
-    store_t *s = h->ctx ? h->ctx->store : NULL;
-    const char *v = s ? store_loop_config(s, key) : NULL;
-    if (!v || !*v) return dflt;
-    char *end;
-    errno = 0;
-    long long n = strtoll(v, &end, 10);
-    while (*end == ' ')
-        end++;
-    if (errno || *end || n <= 0) return dflt;
-    return n;
-}
-
 static void apply_limits(hooks_t *h) {
-    h->budget = config_ll(h, "hook_instruction_budget", DEFAULT_INSTRUCTION_BUDGET);
-    long long mb = config_ll(h, "hook_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB);
+    const route_config_t *cfg = config_current(h->ctx);
+    h->budget = cfg->hook_instruction_budget;
+    long long mb = cfg->hook_memory_limit_mb;
     if (mb > (long long)(SIZE_MAX >> 21)) mb = (long long)(SIZE_MAX >> 21);
     h->mem_limit = (size_t)mb << 20;
     h->used = 0;
@@ -430,8 +419,9 @@ static int req_index(lua_State *L) {
     req_box_t *box = lua_touserdata(L, lua_upvalueindex(1));
     const char *key = lua_tostring(L, 2);
     if (!box->req || !key || strcmp(key, "body") != 0) return 0;
-    const buf_t *b = &box->req->http->body;
-    lua_pushlstring(L, b->data ? b->data : "", b->len);
+    size_t body_len = 0;
+    const char *body = http_request_body(box->req->http, &body_len);
+    lua_pushlstring(L, body, body_len);
     /* Cache it in the table: read twice, copied once. */
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -2);
@@ -478,17 +468,18 @@ static void push_req(lua_State *L, call_t *c) {
 
     lua_createtable(L, 0, 10);
     set_str(L, "id", req->id);
-    set_str(L, "method", hr->method_name);
-    set_str(L, "path", hr->path);
-    set_str(L, "query", hr->query);
-    set_str(L, "client_ip", hr->client_ip);
+    set_str(L, "method", http_request_method(hr));
+    set_str(L, "path", http_request_path(hr));
+    set_str(L, "query", http_request_query(hr));
+    set_str(L, "client_ip", http_request_client_ip(hr));
     set_str(L, "model", req->model);
     lua_pushboolean(L, req->stream);
     lua_setfield(L, -2, "stream");
 
-    lua_createtable(L, 0, (int)hr->n_headers);
-    for (size_t i = 0; i < hr->n_headers; i++) {
-        const route_header_t *hd = &hr->headers[i];
+    size_t n_headers = http_request_header_count(hr);
+    lua_createtable(L, 0, (int)n_headers);
+    for (size_t i = 0; i < n_headers; i++) {
+        const route_header_t *hd = http_request_header_at(hr, i);
         if (!hd->name) continue;
         lua_pushlstring(L, hd->name, hd->name_len);
         /* The first of repeated headers, as http_request_header answers. */
@@ -562,7 +553,7 @@ static int authorize_p(lua_State *L) {
     lua_Integer st = lua_tointegerx(L, -2, &isnum);
     c->status = isnum && st >= 100 && st <= 599 ? (int)st : 403;
     const char *m = lua_tostring(L, -1);
-    c->message = arena_strdup(&c->req->http->arena, m ? m : "unauthorized");
+    c->message = arena_strdup(http_request_arena(c->req->http), m ? m : "unauthorized");
     return 0;
 }
 
@@ -572,7 +563,7 @@ int hooks_authorize(hooks_t *h, route_req_t *req, int *status, const char **mess
     if (run_call(&c, authorize_p, &err) != 0) {
         route_log(LOG_ERROR, "hooks: authorize failed: %s", err);
         *status = 500;
-        *message = arena_strdup(&req->http->arena, err);
+        *message = arena_strdup(http_request_arena(req->http), err);
         free(err);
         return -1;
     }
@@ -594,7 +585,7 @@ static double opt_timeout(lua_State *L, int t, const char *name) {
 
 /* Copies the upstream table at idx into cand (strings into the request's arena). */
 static void copy_candidate(lua_State *L, call_t *c, int idx, route_candidate_t *cand) {
-    arena_t *a = &c->req->http->arena;
+    arena_t *a = http_request_arena(c->req->http);
     if (!lua_istable(L, idx)) luaL_error(L, "pick_upstream returned an invalid upstream");
     lua_getfield(L, idx, "endpoint");
     lua_getfield(L, idx, "sk");
@@ -620,7 +611,7 @@ static void copy_candidate(lua_State *L, call_t *c, int idx, route_candidate_t *
 
 static int pick_p(lua_State *L) {
     call_t *c = lua_touserdata(L, 1);
-    arena_t *a = &c->req->http->arena;
+    arena_t *a = http_request_arena(c->req->http);
     push_hook(L, c->req, "pick_upstream");
     push_req(L, c);
     lua_api_push_upstreams(L, &c->h->host);
@@ -664,7 +655,7 @@ int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, s
     if (run_call(&c, pick_p, &err) != 0) {
         /* "No upstream" is the operator's configuration, not a hook failure. */
         route_log(LOG_WARN, "hooks: pick_upstream: %s", err);
-        *message = arena_strdup(&req->http->arena, err);
+        *message = arena_strdup(http_request_arena(req->http), err);
         free(err);
         return -1;
     }
@@ -762,14 +753,17 @@ static void record_from_c(hooks_t *h, route_req_t *req, const route_res_t *res,
     memcpy(r->id, req->id, sizeof r->id);
     r->id[sizeof r->id - 1] = '\0';
     r->created_at = util_now_wall_ns();
-    r->ip = dup_or_null(hr->client_ip, strlen(hr->client_ip));
-    r->body = dup_or_null(hr->body.data ? hr->body.data : "", hr->body.len);
-    r->body_len = hr->body.len;
+    const char *ip = http_request_client_ip(hr);
+    r->ip = dup_or_null(ip, strlen(ip));
+    size_t body_len = 0;
+    const char *body = http_request_body(hr, &body_len);
+    r->body = dup_or_null(body, body_len);
+    r->body_len = body_len;
     if (res->content) {
         r->response = dup_or_null(res->content, res->content_len);
         r->response_len = res->content_len;
     }
-    const char *model = req->model ? req->model : res->model ? res->model : hr->path;
+    const char *model = req->model ? req->model : res->model ? res->model : http_request_path(hr);
     if (model) r->model = dup_or_null(model, strlen(model));
     r->status = res->status;
     r->upstream_id = res->upstream_id;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "route/cli.h"
+#include "route/config.h"
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
@@ -19,8 +20,6 @@
 #include "route/tls.h"
 #include "route/upstream.h"
 #include "route/util.h"
-
-#define DEFAULT_SHUTDOWN_GRACE_S 30.0
 
 typedef struct process {
     route_ctx_t ctx;
@@ -78,10 +77,7 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
     }
     pr->stopping = 1;
     ctx->shutting_down = 1;
-    store_loop_refresh(ctx->store);
-    const char *g = store_loop_config(ctx->store, "shutdown_grace");
-    double grace = g ? strtod(g, NULL) : DEFAULT_SHUTDOWN_GRACE_S;
-    if (grace < 0) grace = DEFAULT_SHUTDOWN_GRACE_S;
+    double grace = config_current(ctx)->shutdown_grace;
     route_log(LOG_INFO, "%s: stopping; %zu request(s) in flight, grace %.0f s",
               signum == SIGINT ? "SIGINT" : "SIGTERM", server_active_requests(ctx), grace);
     server_stop_accepting(ctx);
@@ -135,6 +131,7 @@ int main(int argc, char **argv) {
     ctx->loop = &loop;
     ctx->opts = &opts;
     ctx->store = store;
+    ctx->config = config_state_new();
     store_loop_refresh(store);
     ctx->metrics = metrics_new();
     ctx->pool = upstream_pool_new(ctx);
@@ -201,6 +198,7 @@ out:
     metrics_free(ctx->metrics);
     tls_config_free(ctx->tls_client);
     tls_config_free(ctx->tls_server);
+    config_state_free(ctx->config);
     uv_loop_close(&loop);
     store_close(store);
     return exit_code;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "route/config.h"
 #include "route/extract.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
@@ -36,22 +37,14 @@ typedef struct proxy_req {
 
 static void proxy_finish(proxy_req_t *p, int record);
 
-static double config_seconds(route_ctx_t *ctx, const char *key, double fallback) {
-    const char *v = store_loop_config(ctx->store, key);
-    if (!v || !*v) return fallback;
-    char *end;
-    double d = strtod(v, &end);
-    return (end == v || d < 0) ? fallback : d;
-}
-
 static uint64_t to_ms(double seconds) {
     return (uint64_t)(seconds * 1000.0 + 0.5);
 }
 
 /* The endpoint as shown in errors: scheme, host and path only, never a query string. */
 static const char *endpoint_label(proxy_req_t *p, const upstream_url_t *u) {
-    return arena_printf(&p->http->arena, "%s://%s%s", u->tls ? "https" : "http", u->host_header,
-                        u->base_path);
+    return arena_printf(http_request_arena(p->http), "%s://%s%s", u->tls ? "https" : "http",
+                        u->host_header, u->base_path);
 }
 
 static void respond_error(proxy_req_t *p, int status, const char *type, const char *message) {
@@ -109,7 +102,7 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     a->status = status;
     if (should_fail_over(p, status)) {
         a->failed = 1;
-        a->error = arena_printf(&p->http->arena, "status %d", status);
+        a->error = arena_printf(http_request_arena(p->http), "status %d", status);
         if (p->ctx->metrics)
             metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
                                              "status");
@@ -133,7 +126,7 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     }
     p->sent_head = 1;
     p->status = status;
-    p->ttfb_ns = util_now_mono_ns() - p->http->start_mono_ns;
+    p->ttfb_ns = util_now_mono_ns() - http_request_start_mono_ns(p->http);
     http_response_start(p->http, status, out.data, out.len, content_length);
     buf_free(&out);
     if (content_type) p->ex = extract_new(content_type->value, content_type->value_len);
@@ -147,7 +140,7 @@ static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
 }
 
 static void on_client_drain(http_request_t *http) {
-    proxy_req_t *p = http->handler_data;
+    proxy_req_t *p = http_request_handler_data(http);
     if (p && p->up) upstream_resume(p->up);
 }
 
@@ -163,7 +156,7 @@ static void on_up_error(void *ud, int kind, const char *message) {
     p->up = NULL;
     route_attempt_t *a = &p->attempts[p->n_attempts - 1];
     a->failed = 1;
-    a->error = arena_strdup(&p->http->arena, message);
+    a->error = arena_strdup(http_request_arena(p->http), message);
     if (p->ctx->metrics)
         metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
                                          kind == UPSTREAM_ERR_TIMEOUT ? "timeout"
@@ -175,8 +168,8 @@ static void on_up_error(void *ud, int kind, const char *message) {
         return;
     }
     /* Bytes already reached the client: no failover; cut the response so it sees the end. */
-    p->error =
-        arena_printf(&p->http->arena, "upstream %s failed mid-response: %s", a->endpoint, message);
+    p->error = arena_printf(http_request_arena(p->http), "upstream %s failed mid-response: %s",
+                            a->endpoint, message);
     http_response_abort(p->http);
     proxy_finish(p, 1);
 }
@@ -192,10 +185,11 @@ static const upstream_callbacks_t upstream_events = {
 
 static char *build_target(proxy_req_t *p) {
     const http_request_t *h = p->http;
-    const char *rest = h->path + 3; /* the path after "/v1" */
+    const char *rest = http_request_path(h) + 3; /* the path after "/v1" */
+    const char *query = http_request_query(h);
     const char *base = p->url.base_path;
-    return arena_printf(&p->http->arena, "%s%s%s%s", base, (*base || *rest) ? rest : "/",
-                        h->query ? "?" : "", h->query ? h->query : "");
+    return arena_printf(http_request_arena(p->http), "%s%s%s%s", base,
+                        (*base || *rest) ? rest : "/", query ? "?" : "", query ? query : "");
 }
 
 static void append_client_header(buf_t *b, const http_request_t *h, const char *name,
@@ -217,9 +211,11 @@ static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) 
     append_client_header(b, h, "content-type", "Content-Type");
     append_client_header(b, h, "accept", "Accept");
     /* The body is complete in memory, so it always goes with a Content-Length. */
-    if (h->body.len || http_request_header(h, "content-length") ||
+    size_t body_len = 0;
+    http_request_body(h, &body_len);
+    if (body_len || http_request_header(h, "content-length") ||
         http_request_header(h, "transfer-encoding"))
-        buf_printf(b, "Content-Length: %zu\r\n", h->body.len);
+        buf_printf(b, "Content-Length: %zu\r\n", body_len);
 }
 
 static void try_next_candidate(proxy_req_t *p) {
@@ -230,7 +226,7 @@ static void try_next_candidate(proxy_req_t *p) {
         memset(a, 0, sizeof(*a));
         a->upstream_id = c->id;
         const char *why;
-        if (upstream_parse_url(&p->http->arena, c->endpoint, &p->url, &why) != 0) {
+        if (upstream_parse_url(http_request_arena(p->http), c->endpoint, &p->url, &why) != 0) {
             a->endpoint = "(invalid endpoint)";
             a->error = why;
             a->failed = 1;
@@ -239,26 +235,25 @@ static void try_next_candidate(proxy_req_t *p) {
         a->endpoint = endpoint_label(p, &p->url);
         p->asis = strcmp(c->sk, "asis") == 0;
 
-        double connect = c->connect_timeout >= 0 ? c->connect_timeout
-                                                 : config_seconds(ctx, "connect_timeout", 10);
+        const route_config_t *cfg = config_current(ctx);
+        double connect = c->connect_timeout >= 0 ? c->connect_timeout : cfg->connect_timeout;
         double headers = p->rreq.stream
-                             ? (c->stream_timeout >= 0 ? c->stream_timeout
-                                                       : config_seconds(ctx, "stream_timeout", 30))
-                             : (c->timeout >= 0 ? c->timeout : config_seconds(ctx, "timeout", 120));
-        double idle =
-            c->idle_timeout >= 0 ? c->idle_timeout : config_seconds(ctx, "idle_timeout", 120);
+                             ? (c->stream_timeout >= 0 ? c->stream_timeout : cfg->stream_timeout)
+                             : (c->timeout >= 0 ? c->timeout : cfg->timeout);
+        double idle = c->idle_timeout >= 0 ? c->idle_timeout : cfg->idle_timeout;
 
         buf_t hdrs = {0};
         build_headers(p, c, &hdrs);
+        size_t o_body_len = 0;
         upstream_request_opts_t o = {
             .url = &p->url,
-            .method = p->http->method_name,
+            .method = http_request_method(p->http),
             .target = build_target(p),
             .headers = hdrs.data,
             .headers_len = hdrs.len,
-            .body = p->http->body.data,
-            .body_len = p->http->body.len,
-            .head_request = strcmp(p->http->method_name, "HEAD") == 0,
+            .body = http_request_body(p->http, &o_body_len),
+            .body_len = o_body_len,
+            .head_request = strcmp(http_request_method(p->http), "HEAD") == 0,
             .connect_timeout_ms = to_ms(connect),
             .header_timeout_ms = to_ms(headers),
             .idle_timeout_ms = to_ms(idle),
@@ -275,7 +270,7 @@ static void try_next_candidate(proxy_req_t *p) {
     for (size_t i = 0; i < p->n_attempts; i++)
         buf_printf(&msg, "%s%s: %s", i ? "; " : "", p->attempts[i].endpoint,
                    p->attempts[i].error ? p->attempts[i].error : "failed");
-    char *text = arena_strndup(&p->http->arena, msg.data ? msg.data : "", msg.len);
+    char *text = arena_strndup(http_request_arena(p->http), msg.data ? msg.data : "", msg.len);
     buf_free(&msg);
     respond_error(p, 502, "upstream_error", text ? text : "all upstreams failed");
     proxy_finish(p, 1);
@@ -284,7 +279,7 @@ static void try_next_candidate(proxy_req_t *p) {
 /* ---------------------------------------------------------------- life */
 
 static void on_client_abort(http_request_t *http) {
-    proxy_req_t *p = http->handler_data;
+    proxy_req_t *p = http_request_handler_data(http);
     if (!p) return;
     p->client_aborted = 1;
     if (p->up) {
@@ -299,7 +294,7 @@ static void proxy_finish(proxy_req_t *p, int record) {
     if (p->finished) return;
     p->finished = 1;
     http_request_t *http = p->http;
-    int64_t elapsed = util_now_mono_ns() - http->start_mono_ns;
+    int64_t elapsed = util_now_mono_ns() - http_request_start_mono_ns(http);
     route_res_t res = {0};
     res.status = p->client_aborted && !p->sent_head ? 499 : p->status;
     res.error = p->error;
@@ -325,16 +320,14 @@ static void proxy_finish(proxy_req_t *p, int record) {
         metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
                                 elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);
     if (p->ex) extract_free(p->ex);
-    http->handler_data = NULL;
-    http->on_abort = NULL;
-    http->on_drain = NULL;
+    http_request_set_handler(http, NULL, NULL, NULL);
     http_request_release(http);
 }
 
 void proxy_handle(http_request_t *http) {
-    route_ctx_t *ctx = http->ctx;
+    route_ctx_t *ctx = http_request_ctx(http);
     store_loop_refresh(ctx->store);
-    proxy_req_t *p = arena_alloc(&http->arena, sizeof(*p));
+    proxy_req_t *p = arena_alloc(http_request_arena(http), sizeof(*p));
     if (!p) {
         http_respond_error(http, 500, "server_error", "out of memory");
         return;
@@ -343,16 +336,16 @@ void proxy_handle(http_request_t *http) {
     p->ctx = ctx;
     p->http = http;
     http_request_retain(http);
-    http->handler_data = p;
-    http->on_abort = on_client_abort;
-    http->on_drain = on_client_drain;
+    http_request_set_handler(http, p, on_client_abort, on_client_drain);
 
     p->rreq.http = http;
     util_uuid4(p->rreq.id);
     char *model = NULL;
-    extract_request_fields(http->body.data, http->body.len, &model, &p->rreq.stream);
+    size_t body_len = 0;
+    const char *body = http_request_body(http, &body_len);
+    extract_request_fields(body, body_len, &model, &p->rreq.stream);
     if (model) {
-        p->rreq.model = arena_strdup(&http->arena, model);
+        p->rreq.model = arena_strdup(http_request_arena(http), model);
         free(model);
     }
 
@@ -375,7 +368,7 @@ void proxy_handle(http_request_t *http) {
         proxy_finish(p, 1);
         return;
     }
-    p->attempts = arena_alloc(&http->arena, p->n_cands * sizeof(*p->attempts));
+    p->attempts = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->attempts));
     if (!p->attempts) {
         respond_error(p, 500, "server_error", "out of memory");
         proxy_finish(p, 1);

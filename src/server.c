@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "route/admin.h"
+#include "route/config.h"
 #include "route/proxy.h"
 #include "route/store.h"
 #include "route/tls.h"
@@ -24,8 +25,7 @@
 #define BODY_IDLE_MS      (60 * 1000)
 #define KEEPALIVE_IDLE_MS (75 * 1000)
 /* Pipelined bytes held while a request is handled; past this we stop reading. */
-#define PENDING_CAP             (256 * 1024)
-#define DEFAULT_MAX_CONNECTIONS 10000
+#define PENDING_CAP (256 * 1024)
 
 static const char CORS_HEADERS[] =
     "Access-Control-Allow-Origin: *\r\n"
@@ -99,6 +99,53 @@ void http_request_release(http_request_t *req) {
     buf_free(&req->body);
     arena_free(&req->arena);
     free(req);
+}
+
+struct route_ctx *http_request_ctx(const http_request_t *req) {
+    return req->ctx;
+}
+arena_t *http_request_arena(http_request_t *req) {
+    return &req->arena;
+}
+const char *http_request_method(const http_request_t *req) {
+    return req->method_name;
+}
+const char *http_request_path(const http_request_t *req) {
+    return req->path;
+}
+const char *http_request_query(const http_request_t *req) {
+    return req->query;
+}
+size_t http_request_header_count(const http_request_t *req) {
+    return req->n_headers;
+}
+const route_header_t *http_request_header_at(const http_request_t *req, size_t i) {
+    return i < req->n_headers ? &req->headers[i] : NULL;
+}
+const char *http_request_body(const http_request_t *req, size_t *len) {
+    if (len) *len = req->body.len;
+    return req->body.data ? req->body.data : "";
+}
+const char *http_request_client_ip(const http_request_t *req) {
+    return req->client_ip;
+}
+int64_t http_request_start_mono_ns(const http_request_t *req) {
+    return req->start_mono_ns;
+}
+int64_t http_request_start_wall_ns(const http_request_t *req) {
+    return req->start_wall_ns;
+}
+int http_request_client_connected(const http_request_t *req) {
+    return req->conn != NULL;
+}
+void http_request_set_handler(http_request_t *req, void *data, http_request_cb on_abort,
+                              http_request_cb on_drain) {
+    req->handler_data = data;
+    req->on_abort = on_abort;
+    req->on_drain = on_drain;
+}
+void *http_request_handler_data(const http_request_t *req) {
+    return req->handler_data;
 }
 
 const route_header_t *http_request_header(const http_request_t *req, const char *name) {
@@ -844,11 +891,9 @@ static void on_connection(uv_stream_t *listener, int status) {
         conn_close(c);
         return;
     }
-    const char *max = store_loop_config(srv->ctx->store, "max_connections");
-    long limit = max ? strtol(max, NULL, 10) : DEFAULT_MAX_CONNECTIONS;
-    if (limit <= 0) limit = DEFAULT_MAX_CONNECTIONS;
+    int64_t limit = config_current(srv->ctx)->max_connections;
     if (srv->n_conns > (size_t)limit) {
-        route_log(LOG_WARN, "connection limit %ld reached, refusing a client", limit);
+        route_log(LOG_WARN, "connection limit %lld reached, refusing a client", (long long)limit);
         conn_close(c);
         return;
     }

@@ -126,6 +126,7 @@ struct store {
     sqlite3_stmt *loop_version, *loop_config, *loop_upstreams;
     int64_t data_version;
     int cache_valid;
+    uint64_t config_generation, upstreams_generation;
     kv_list_t config;
     store_upstream_list_t upstreams;
     /* Config values the loop set that the writer may not have committed yet: re-applied over
@@ -581,6 +582,8 @@ void store_loop_refresh(store_t *s) {
     s->upstreams = upstreams;
     s->data_version = version;
     s->cache_valid = 1;
+    s->config_generation++;
+    s->upstreams_generation++;
     for (item_t **pp = &s->pending, *p; (p = *pp);) {
         if (p->config_seq <= written) {
             *pp = p->next;
@@ -596,6 +599,14 @@ const char *store_loop_config(store_t *s, const char *key) {
     for (size_t i = 0; i < s->config.n; i++)
         if (strcmp(s->config.items[i].key, key) == 0) return s->config.items[i].value;
     return NULL;
+}
+
+uint64_t store_loop_config_generation(const store_t *s) {
+    return s->config_generation;
+}
+
+uint64_t store_loop_upstreams_generation(const store_t *s) {
+    return s->upstreams_generation;
 }
 
 const store_upstream_list_t *store_loop_upstreams(store_t *s) {
@@ -635,6 +646,7 @@ void store_loop_config_set(store_t *s, const char *key, const char *value) {
     }
     p->next = s->pending;
     s->pending = p;
+    s->config_generation++;
     enqueue(s, it);
 }
 

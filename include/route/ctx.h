@@ -15,6 +15,7 @@ typedef struct upstream_pool upstream_pool_t;
 typedef struct tls_config tls_config_t;
 typedef struct metrics metrics_t;
 typedef struct reloader reloader_t;
+typedef struct config_state config_state_t;
 
 typedef struct route_ctx {
     uv_loop_t *loop;
@@ -27,6 +28,7 @@ typedef struct route_ctx {
     tls_config_t *tls_server; /* the HTTPS listener's, or NULL */
     metrics_t *metrics;
     reloader_t *reloader;
+    config_state_t *config; /* the typed snapshot: read it through config_current(ctx) */
     int shutting_down;
 } route_ctx_t;
 

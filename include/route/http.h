@@ -55,6 +55,26 @@ struct http_request {
 #define HTTP_WRITE_HIGH_WATER (1024 * 1024)
 #define HTTP_WRITE_LOW_WATER  (256 * 1024)
 
+/* Accessors: handlers read a request only through these (the struct becomes private to the
+ * HTTP core). Strings stay valid for the request's life. */
+struct route_ctx *http_request_ctx(const http_request_t *req);
+arena_t *http_request_arena(http_request_t *req);
+const char *http_request_method(const http_request_t *req); /* "POST" */
+const char *http_request_path(const http_request_t *req);   /* before '?', not decoded */
+const char *http_request_query(const http_request_t *req);  /* after '?', or NULL */
+size_t http_request_header_count(const http_request_t *req);
+const route_header_t *http_request_header_at(const http_request_t *req, size_t i);
+const char *http_request_body(const http_request_t *req, size_t *len); /* never NULL */
+const char *http_request_client_ip(const http_request_t *req);
+int64_t http_request_start_mono_ns(const http_request_t *req);
+int64_t http_request_start_wall_ns(const http_request_t *req);
+/* 0 once the client connection is gone. */
+int http_request_client_connected(const http_request_t *req);
+/* The handler's state and its two events (see on_abort/on_drain above); NULLs detach. */
+void http_request_set_handler(http_request_t *req, void *data, http_request_cb on_abort,
+                              http_request_cb on_drain);
+void *http_request_handler_data(const http_request_t *req);
+
 void http_request_retain(http_request_t *req);
 void http_request_release(http_request_t *req);
 

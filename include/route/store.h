@@ -74,6 +74,13 @@ void store_loop_refresh(store_t *s);
 const char *store_loop_config(store_t *s, const char *key);
 /* Cached live upstreams, ordered by id. Valid until the next store_loop_refresh. */
 const store_upstream_list_t *store_loop_upstreams(store_t *s);
+/* Change counters of the loop's cache: config_generation moves whenever a cached config value
+ * changed (in-process set or another process's write); upstreams_generation whenever the set
+ * of upstreams or an sk/endpoint changed (not on counter bumps: read the counts from
+ * store_loop_upstreams, which are always current). Consumers re-derive their own views
+ * (typed config, Lua tables) only when these move. */
+uint64_t store_loop_config_generation(const store_t *s);
+uint64_t store_loop_upstreams_generation(const store_t *s);
 /* Updates the cache now and queues the write. */
 void store_loop_config_set(store_t *s, const char *key, const char *value);
 /* Queues a row; takes ownership of r. */

@@ -630,6 +630,19 @@ class Proxy:
     def set_config(self, key, value):
         return self.oneshot("-set", "%s=%s" % (key, value), check=True)
 
+    def write_config_raw(self, key, value):
+        """Writes a config_kvs row by hand, as an operator editing the file would: no
+        validation, unlike -set."""
+        c = sqlite3.connect(str(self.db_path), timeout=10)
+        try:
+            c.execute("INSERT INTO config_kvs (created_at, updated_at, key, value)"
+                      " VALUES (datetime('now'), datetime('now'), ?, ?)"
+                      " ON CONFLICT(key) DO UPDATE SET value=excluded.value, deleted_at=NULL",
+                      (key, value))
+            c.commit()
+        finally:
+            c.close()
+
     # ---- lifecycle
     def start(self, timeout=START_TIMEOUT):
         assert self.proc is None or self.proc.poll() is not None, "already running"

@@ -198,9 +198,16 @@ def test_budgets_follow_set_on_the_next_request(runaway_proxy, mock_a):
 
     p.set_config("hook_instruction_budget", "50000000")
     assert answered_by(p.chat(model="moderate-loop")) == "a"
-    # A value that is no positive number means the default.
-    p.set_config("hook_instruction_budget", "lots")
+    # -set refuses a value that is no number; one written by hand means the default, and the
+    # server says so once.
+    cp = p.oneshot("-set", "hook_instruction_budget=lots")
+    assert cp.returncode == 1 and "hook_instruction_budget" in cp.stderr, cp
+    p.write_config_raw("hook_instruction_budget", "lots")
+    bad = "hook_instruction_budget: not a whole number"
+    wait_until(lambda: answered_by(p.chat(model="fine")) == "a" and bad in p.stderr_text(),
+               message="the bad stored value seen and logged")
     assert answered_by(p.chat(model="moderate-loop")) == "a"
+    assert p.stderr_text().count(bad) == 1
     r, took = timed(p.chat, model="loop", timeout=10)
     assert "(10000000 instructions)" in assert_error_shape(r, 500)
     assert took < RUNAWAY_BOUND
