@@ -53,9 +53,13 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 quick=0 rounds=3 dur=10 out="" bin="$root/build/openai-api-route" fast_upstream="" check=0
 pin=auto streams=10000 paced_requests=10 perf=0 keep=0 events=20 interval_ms=50
+# --quick sets the defaults; options given explicitly override them, wherever they are.
+for a in "$@"; do
+    [ "$a" = --quick ] && quick=1 rounds=1 dur=1 streams=100 paced_requests=1 interval_ms=10
+done
 while [ $# -gt 0 ]; do
     case $1 in
-    --quick) quick=1 ;;
+    --quick) ;;
     --check) check=1 ;;
     --perf) perf=1 ;;
     --keep) keep=1 ;;
@@ -73,9 +77,6 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if [ $quick = 1 ]; then
-    rounds=1 dur=1 streams=100 paced_requests=1 interval_ms=10
-fi
 [ "$pin" = auto ] && { [ $quick = 1 ] && pin=0 || pin=1; }
 [ "$(nproc)" -lt 2 ] && pin=0
 [ -n "$out" ] || out=/tmp/openai-api-route-bench-$(date -u +%Y%m%d-%H%M%S).md
@@ -351,7 +352,7 @@ echo "bench.sh: $total_runs wrk runs of ${dur}s ($rounds rounds), pinned: $([ $p
 if [ $quick = 0 ]; then # warm-up: pools filled, caches warm
     for t in "${targets[@]}"; do
         for mode in json sse; do
-            "${load_core[@]}" wrk -t1 -c32 -d1s -s "$work/wrk-$mode.lua" "http://127.0.0.1:${port[$t]}/v1/chat/completions$([ $mode = sse ] && echo '?stream=1')" >/dev/null 2>&1 || true
+            "${load_core[@]}" wrk -t1 -c32 -d1s -s "$work/wrk-$mode.lua" "http://127.0.0.1:${port[$t]}/v1/chat/completions$([ $mode = sse ] && echo '?stream=1')" >"$work/runs/warm.$t.$mode.0.wrk" 2>&1 || true
         done
     done
 fi
@@ -379,10 +380,13 @@ if [ $perf = 1 ]; then
 fi
 
 # ---- paced SSE: time to first byte and per-event delay, direct and through each proxy
-declare -A paced_port=([direct]=$p_paced [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route_paced)
+paced_url() { echo "http://127.0.0.1:$1/v1/paced/chat/completions"; }
+"${load_core[@]}" python3 "$here/sse_pace.py" paced --requests "$paced_requests" \
+    "direct=$(paced_url "$p_paced")" "nginx=$(paced_url "$p_nginx")" \
+    "haproxy=$(paced_url "$p_haproxy")" "route=$(paced_url "$p_route_paced")" \
+    >"$work/runs/paced.all" 2>&1 || true
 for t in direct nginx haproxy route; do
-    "${load_core[@]}" python3 "$here/sse_pace.py" paced "http://127.0.0.1:${paced_port[$t]}/v1/paced/chat/completions" \
-        --requests "$paced_requests" >"$work/runs/paced.$t" 2>&1 || true
+    grep "^$t " "$work/runs/paced.all" >"$work/runs/paced.$t" || cp "$work/runs/paced.all" "$work/runs/paced.$t"
 done
 
 # ---- idle streams through openai-api-route

@@ -201,10 +201,9 @@ def main():
                   idle.get("fd_limit", "?"), idle.get("streams", "?"), idle.get("errors", "?"))]
 
     rec = kv(runs / "records.route")
-    done = sum(r["requests"] for k, v in res.items() if k[1] == "route" and k[0] != "perf"
-               for r in v)
+    done = sum(r["requests"] for k, v in res.items() if k[1] == "route" for r in v)
     lines += ["", "Records written by the default-hooks target: %s rows for %s completed "
-              "requests (plus the check requests and those in flight when a run ended)."
+              "requests by wrk (warm-up and profile runs included; plus the check requests and those in flight when a run ended)."
               % (rec.get("rows", "?"), "{:,}".format(done))]
 
     text = "\n".join(lines) + "\n"

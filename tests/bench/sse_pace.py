@@ -10,10 +10,11 @@ Python is far from being the bottleneck), and the clients timestamp what they re
       gets EVENTS chunked SSE events INTERVAL ms apart, each carrying "t": the server's
       CLOCK_MONOTONIC in ns when it was written, then `data: [DONE]`. Prints "ready" when it
       listens.
-  sse_pace.py paced URL [--requests 5]
-      One stream to warm up (not counted: the proxy's first upstream connection and first
-      hook calls), then REQUESTS streams one after the other, each on a new connection. Prints
-      "ttfb_p50_ms=.. ttfb_p99_ms=.. event_p50_ms=.. event_p99_ms=.. events=N": time from the
+  sse_pace.py paced NAME=URL... [--requests 5]
+      One keep-alive connection per target; one stream each to warm up (not counted: the
+      proxy's first upstream connection and first hook calls), then REQUESTS rounds of one
+      stream per target, the targets interleaved. Prints one line per target, "NAME
+      ttfb_p50_ms=.. ttfb_p99_ms=.. event_p50_ms=.. event_p99_ms=.. events=N": time from the
       request's send to the first response byte, and, for every event after the first, its
       arrival time minus the "t" the server stamped (both CLOCK_MONOTONIC on this machine).
   sse_pace.py idle URL --streams N --pid PID [--timeout 120]
@@ -111,41 +112,60 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
 
 
-def paced(url, requests):
-    u = urlsplit(url)
-    path = u.path + ("?" + u.query if u.query else "")
-    ttfbs, lat = [], []
-    for n in range(requests + 1):
-        s = socket.create_connection((u.hostname, u.port), timeout=30)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class PacedTarget:
+    """One keep-alive connection to one target, as an SDK keeps one: the TTFB is then the
+    request's way through the proxy, not a TCP accept in this Python mock."""
+
+    def __init__(self, name, url):
+        self.name, self.url = name, url
+        u = urlsplit(url)
+        self.req = request_bytes(u.path + ("?" + u.query if u.query else ""), u.netloc)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ttfbs, self.lat = [], []
+
+    def stream(self, counted):
         buf = b""
         seen = 0
         first = None
-        try:
-            t0 = time.monotonic_ns()
-            s.sendall(request_bytes(path, u.netloc))
-            while b"[DONE]" not in buf:
-                data = s.recv(65536)
-                now = time.monotonic_ns()
-                if not data:
-                    raise SystemExit("paced: %s closed the stream early: %r" % (url, buf[-300:]))
-                if first is None:
-                    first = now
-                    if n:
-                        ttfbs.append((now - t0) / 1e6)
-                buf += data
-                stamps = T_RE.findall(buf)
-                for i, t in enumerate(stamps[seen:], start=seen):
-                    if i > 0 and n:  # the first event comes with the head: that is the TTFB
-                        lat.append((now - int(t)) / 1e6)
-                seen = len(stamps)
-        finally:
-            s.close()
+        t0 = time.monotonic_ns()
+        self.sock.sendall(self.req)
+        # The end of the chunked body after [DONE] (every target here answers chunked).
+        while not (b"[DONE]" in buf and buf.endswith(b"\r\n0\r\n\r\n")):
+            data = self.sock.recv(65536)
+            now = time.monotonic_ns()
+            if not data:
+                raise SystemExit("paced: %s closed the stream early: %r" % (self.url, buf[-300:]))
+            if first is None:
+                first = now
+                if counted:
+                    self.ttfbs.append((now - t0) / 1e6)
+            buf += data
+            stamps = T_RE.findall(buf)
+            for i, t in enumerate(stamps[seen:], start=seen):
+                if i > 0 and counted:  # the first event comes with the head: that is the TTFB
+                    self.lat.append((now - int(t)) / 1e6)
+            seen = len(stamps)
         if seen == 0:
-            raise SystemExit("paced: no event from %s: %r" % (url, buf[:300]))
-    print("ttfb_p50_ms=%.4f ttfb_p99_ms=%.4f event_p50_ms=%.4f event_p99_ms=%.4f events=%d"
-          % (statistics.median(ttfbs), pct(ttfbs, 99), statistics.median(lat), pct(lat, 99),
-             len(lat)))
+            raise SystemExit("paced: no event from %s: %r" % (self.url, buf[:300]))
+
+    def summary(self):
+        return ("%s ttfb_p50_ms=%.4f ttfb_p99_ms=%.4f event_p50_ms=%.4f event_p99_ms=%.4f "
+                "events=%d" % (self.name, statistics.median(self.ttfbs), pct(self.ttfbs, 99),
+                               statistics.median(self.lat), pct(self.lat, 99), len(self.lat)))
+
+
+def paced(targets, requests):
+    ts = [PacedTarget(*t.split("=", 1)) for t in targets]
+    try:
+        for n in range(requests + 1):  # the targets interleaved: the same machine noise
+            for t in ts:
+                t.stream(counted=n > 0)
+    finally:
+        for t in ts:
+            t.sock.close()
+    for t in ts:
+        print(t.summary())
 
 
 def proc_status(pid):
@@ -197,7 +217,7 @@ def main():
     s.add_argument("--events", type=int, default=20)
     s.add_argument("--interval-ms", type=float, default=50)
     p = sub.add_parser("paced")
-    p.add_argument("url")
+    p.add_argument("targets", nargs="+", metavar="NAME=URL")
     p.add_argument("--requests", type=int, default=5)
     i = sub.add_parser("idle")
     i.add_argument("url")
@@ -209,7 +229,7 @@ def main():
     if a.cmd == "serve":
         asyncio.run(serve(a.port, a.events, a.interval_ms / 1000.0))
     elif a.cmd == "paced":
-        paced(a.url, a.requests)
+        paced(a.targets, a.requests)
     else:
         asyncio.run(idle(a.url, a.streams, a.pid, a.timeout))
 
