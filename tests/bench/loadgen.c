@@ -284,6 +284,10 @@ int main(int argc, char **argv) {
     double secs = now_s() - start;
     for (int i = 0; i < nconn; i++)
         conn_close(&conns[i]);
+    free(conns);
+    free(r.req_json);
+    free(r.req_sse);
+    close(r.epfd);
     printf("sent=%ld answered=%ld status_2xx=%ld other_status=%ld sse_done=%ld sse=%ld "
            "errors=%ld seconds=%.3f rps=%.0f%s\n",
            r.sent, r.answered, r.ok, r.other_status, r.sse_done, r.sse, r.errors, secs,
