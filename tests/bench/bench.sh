@@ -284,6 +284,8 @@ route_db() { # DIR ENDPOINT
 route_db "$work/route-db" "http://127.0.0.1:$p_mock/v1"
 route_db "$work/engine-db" "http://127.0.0.1:$p_mock/v1"
 route_db "$work/paced-db" "http://127.0.0.1:$p_paced/v1"
+# Room for every idle stream whatever the fd limit (the default max_connections is 10,000).
+"$bin" -database "$work/paced-db/db.sqlite" -set "max_connections=$((streams + 1000))" >/dev/null
 # warn: no log line per request, as nginx and HAProxy run with their access logs off.
 export ROUTE_LOG_LEVEL=${ROUTE_LOG_LEVEL:-warn}
 
@@ -306,11 +308,19 @@ targets=(direct nginx haproxy route engine)
 declare -A port=([direct]=$p_mock [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route [engine]=$p_engine)
 # The process whose CPU and memory count: the nginx worker, not its master.
 declare -A measured=([nginx]="" [haproxy]=${pid[haproxy]} [route]=${pid[route]} [engine]=${pid[engine]})
+child_of() { # PID: the first process whose parent is PID (from /proc: no procps needed)
+    local d
+    for d in /proc/[0-9]*; do
+        [ "$(sed 's/.*) //' "$d/stat" 2>/dev/null | awk '{print $2}')" = "$1" ] && { echo "${d#/proc/}"; return 0; }
+    done
+    return 0
+}
 for i in $(seq 100); do
-    measured[nginx]=$(pgrep -P "${pid[nginx]}" | head -1 || true)
+    measured[nginx]=$(child_of "${pid[nginx]}")
     [ -n "${measured[nginx]}" ] && break
     sleep 0.05
 done
+[ -n "${measured[nginx]}" ] || { echo "bench.sh: no nginx worker under PID ${pid[nginx]}" >&2; exit 1; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 for t in nginx haproxy route engine; do
