@@ -50,6 +50,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 export PATH="$PATH:/usr/sbin:/sbin"
+# Debian's Python (the tests' rule), whatever python3 comes first in PATH.
+py=/usr/bin/python3
+[ -x $py ] || py=python3
 
 quick=0 rounds=3 dur=10 out="" bin="$root/build/openai-api-route" fast_upstream="" check=0
 pin=auto streams=10000 paced_requests=10 perf=0 keep=0 events=20 interval_ms=50
@@ -147,7 +150,7 @@ wait_port() { # PORT NAME
     exit 1
 }
 
-read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced < <(python3 -c '
+read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced < <("$py" -c '
 import socket
 ss = [socket.socket() for _ in range(7)]
 for s in ss: s.bind(("127.0.0.1", 0))
@@ -164,7 +167,7 @@ fi
 "$fast_upstream" --print json >"$work/answer.json"
 "$fast_upstream" --print sse >"$work/answer.sse"
 
-python3 - "$work" <<'PY'
+"$py" - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
 base = {"model": "gpt-4o-mini", "messages": [
@@ -188,7 +191,7 @@ PY
 
 # nginx's config parser takes at most 4 KiB per string: the SSE body is served as the
 # concatenation of variables set from constants (still from memory, no file).
-python3 - "$work" "$p_mock" <<'PY'
+"$py" - "$work" "$p_mock" <<'PY'
 import sys
 w, port = sys.argv[1], sys.argv[2]
 js = open(w + "/answer.json").read()
@@ -290,7 +293,7 @@ route_db "$work/paced-db" "http://127.0.0.1:$p_paced/v1"
 export ROUTE_LOG_LEVEL=${ROUTE_LOG_LEVEL:-warn}
 
 start mock "${load_core[@]}" nginx -p "$work/mock" -c "$work/mock/nginx.conf" -e "$work/mock/error.log"
-start paced "${load_core[@]}" python3 "$here/sse_pace.py" serve "$p_paced" --events $events --interval-ms $interval_ms
+start paced "${load_core[@]}" "$py" "$here/sse_pace.py" serve "$p_paced" --events $events --interval-ms $interval_ms
 start nginx "${proxy_core[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log"
 start haproxy "${proxy_core[@]}" haproxy -db -f "$work/haproxy.cfg"
 start route "${proxy_core[@]}" "$bin" -database "$work/route-db/db.sqlite" -addr "127.0.0.1:$p_route" -scripts "$work/none"
@@ -382,7 +385,7 @@ if [ $perf = 1 ]; then
     perf_out=${out%.md}.perf.txt
     perf record -q --call-graph dwarf -F 499 -p "${measured[route]}" -o "$work/perf.data" -- sleep "$dur" >/dev/null 2>&1 &
     perf_pid=$!
-    pids+=($perf_pid)
+    pids+=("$perf_pid")
     run_wrk perf route json 1 32
     wait "$perf_pid" || true
     perf report -i "$work/perf.data" --stdio --no-children --percent-limit 0.5 2>/dev/null | head -300 >"$perf_out" || true
@@ -391,7 +394,7 @@ fi
 
 # ---- paced SSE: time to first byte and per-event delay, direct and through each proxy
 paced_url() { echo "http://127.0.0.1:$1/v1/paced/chat/completions"; }
-"${load_core[@]}" python3 "$here/sse_pace.py" paced --requests "$paced_requests" \
+"${load_core[@]}" "$py" "$here/sse_pace.py" paced --requests "$paced_requests" \
     "direct=$(paced_url "$p_paced")" "nginx=$(paced_url "$p_nginx")" \
     "haproxy=$(paced_url "$p_haproxy")" "route=$(paced_url "$p_route_paced")" \
     >"$work/runs/paced.all" 2>&1 || true
@@ -403,14 +406,14 @@ done
 fit=$(((fd_limit - 64) / 2))
 asked=$streams
 [ "$streams" -gt "$fit" ] && streams=$fit
-"${load_core[@]}" python3 "$here/sse_pace.py" idle "http://127.0.0.1:$p_route_paced/v1/paced/hold/chat/completions" \
+"${load_core[@]}" "$py" "$here/sse_pace.py" idle "http://127.0.0.1:$p_route_paced/v1/paced/hold/chat/completions" \
     --streams "$streams" --pid "${pid[route_paced]}" --timeout 300 >"$work/runs/idle.route" 2>&1 || true
 echo "asked=$asked fd_limit=$fd_limit" >>"$work/runs/idle.route"
 
 # ---- records written by the default target (after a clean stop, so the writer has flushed)
 kill -TERM "${pid[route]}" 2>/dev/null || true
-for i in $(seq 300); do kill -0 "${pid[route]}" 2>/dev/null || break; sleep 0.1; done
-rows=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from records").fetchone()[0])' "$work/route-db/db.sqlite" 2>/dev/null || echo "?")
+for _ in $(seq 300); do kill -0 "${pid[route]}" 2>/dev/null || break; sleep 0.1; done
+rows=$("$py" -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from records").fetchone()[0])' "$work/route-db/db.sqlite" 2>/dev/null || echo "?")
 echo "rows=$rows" >"$work/runs/records.route"
 
 # ---- the tables
@@ -427,4 +430,4 @@ echo "rows=$rows" >"$work/runs/records.route"
     echo "quick=$quick"
     echo "events=$events interval_ms=$interval_ms paced_requests=$paced_requests"
 } >"$work/runs/meta"
-python3 "$here/bench_report.py" "$work/runs" "$out" $([ $check = 1 ] && echo --check)
+"$py" "$here/bench_report.py" "$work/runs" "$out" $([ $check = 1 ] && echo --check)
