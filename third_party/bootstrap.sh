@@ -7,7 +7,10 @@ packages=(
   libuv1-dev node-llhttp libmbedtls-dev libsqlite3-dev liblua5.4-dev lua-cjson-dev libjansson-dev
   ca-certificates openssl curl sqlite3
   python3 python3-pytest
-  nodejs npm wrk
+  nodejs npm
+  # tests/bench/bench.sh (its --quick run is a ctest): the load generator and the two proxies
+  # it compares against. linux-perf is optional (bench.sh --perf installs it when asked).
+  wrk nginx haproxy
 )
 missing=()
 for p in "${packages[@]}"; do
