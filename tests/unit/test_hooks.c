@@ -648,7 +648,8 @@ static void test_on_response(void) {
     fake_free(f);
     hooks_free(h);
 
-    /* Hooks that fail: one before recording (C records), one after (no second row). */
+    /* Hooks that raise: one that added nothing (C's row says why), one that wrote the request's own
+     * row with route.record{id = req.id} first (it replaces C's: one row). */
     const char *dir = script_dir("onresp", "local route = require 'route'\n"
                                            "return { on_response = function(req, res)\n"
                                            "  if req.model == 'after' then\n"
@@ -721,8 +722,8 @@ static void test_on_response(void) {
     int last = 0;
     upstream_counts(1, &s, &fl, &last);
     CHECK(s == 0 && fl == 1);
-    /* 2: one success from the default, one from C when the failing hook had not counted; the
-     * hook that recorded then raised had not counted either, so C counted it too. */
+    /* 2: C counts every exchange whatever on_response does: the failover's success and the
+     * two exchanges whose hooks raised. */
     upstream_counts(2, &s, &fl, &last);
     CHECK(s == 3 && fl == 0 && last);
     upstream_counts(3, &s, &fl, &last);
