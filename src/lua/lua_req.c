@@ -7,8 +7,8 @@
  * authorize to on_response. Also the `res` object of on_response, whose fields are built on
  * first access, and res.record, what the hook adds to the row C wrote (or false: the veto).
  * Must not: keep a pointer to a request or a response past its end (the objects a script
- * kept raise "request <id> has ended" instead), read struct fields of the request, or write
- * records (records.c, hooks.c). */
+ * kept raise "request <id> has ended" instead), read struct fields of the request, or
+ * queue records (records.c builds the row, proxy.c writes it). */
 #include "hooks_internal.h"
 
 #include <stdio.h>

@@ -309,3 +309,27 @@ def test_same_tokens_for_v1_and_admin(tmp_path, mock_a):
                 if not accepted:
                     assert v1 == 403 and admin == 403, (where, v1, admin)
         assert p.alive()
+
+
+# --------------------------------------------------------------------------- the example
+
+def test_example_observe(tmp_path, mock_a):
+    from routetest import repo_root
+    folder = repo_root() / "scripts" / "examples" / "observe"
+    p = Proxy(tmp_path, upstreams=[("sk-a-secret", mock_a.endpoint())], scripts_dir=folder,
+              config={"unrecorded_paths": "/v1/models, /v1/ping"})
+    try:
+        assert answered_by(p.chat(model="tagged", headers={"X-Client-Name": "billing"})) == "a"
+        assert p.request("GET", "/v1/models").status == 200
+        p.set_config("slow_request_seconds", "0")
+        assert answered_by(p.chat(model="slow")) == "a"
+        assert p.chat(headers={"Authorization": "Bearer nope"}).status == 403
+        p.wait_for_records(1, where="model = 'slow'")
+    finally:
+        p.stop()
+    rows = p.records()
+    assert [r["model"] for r in rows] == ["tagged", "slow"], rows
+    assert rows[0]["user_agent"].endswith(" client=billing") and not rows[0]["error"]
+    assert rows[1]["error"].startswith("slow: ")
+    # The vetoed /v1/models exchange still counted.
+    assert counters(p.db_path)[1][:2] == (3, 0)
