@@ -17,7 +17,6 @@ typedef struct route_req {
     char id[37];
     char *model;      /* the body's top-level "model", or NULL */
     int stream;       /* the body's top-level "stream" is true */
-    int hooks_ref;    /* the hook table this request started with (hooks.c); 0: none yet */
     int obj_ref;      /* the request's Lua object (lua_req.c); 0: no hook has seen it yet */
     int recorded_own; /* a script wrote this request's row itself (route.record{id = req.id}) */
 } route_req_t;

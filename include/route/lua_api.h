@@ -58,6 +58,8 @@ void lua_api_set_defaults(lua_State *L, int idx);
  * last_call_success_time (float seconds, nil when never)}. Fields a hook adds to one of those
  * tables (timeouts) last for the current hook call only. Raises on error. */
 void lua_api_push_upstreams(lua_State *L, lua_api_host_t *host);
+/* The metatable of the cached upstream tables (in the registry under this name). */
+#define LUA_API_UPSTREAM_MT "route.upstream"
 /* A hook call ended: forgets the per-call fields added to cached upstream tables. Never
  * raises. */
 void lua_api_call_done(lua_State *L, lua_api_host_t *host);

@@ -35,13 +35,7 @@ typedef struct call {
 /* A request keeps the hook table it started with, so a reload in the middle of it (between
  * authorize and on_response) does not hand it half to the old script, half to the new. */
 static void push_hook(lua_State *L, route_req_t *req, const char *name) {
-    if (req->hooks_ref > 0) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, req->hooks_ref);
-    } else {
-        lua_getfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
-        lua_pushvalue(L, -1);
-        req->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
+    lua_req_push_hooks(L, req);
     if (!lua_istable(L, -1)) luaL_error(L, "hooks are not loaded");
     lua_getfield(L, -1, name);
     if (!lua_isfunction(L, -1)) luaL_error(L, "no '%s' hook", name);
@@ -107,8 +101,10 @@ static double opt_timeout(lua_State *L, int t, const char *name) {
 }
 
 /* Fills cand from the upstream table at idx. The sk and endpoint point into Lua strings,
- * pinned to the request (pins at index pins) so they live as long as it: no copy. */
-static void read_candidate(lua_State *L, int idx, int pins, route_candidate_t *cand) {
+ * pinned to the request (pins at index pins) so they live as long as it: no copy. A cached
+ * upstream table (metatable at index mt) with no per-call fields added has no timeouts. */
+static void read_candidate(lua_State *L, int idx, int pins, int mt, int overlay_used,
+                           route_candidate_t *cand) {
     if (!lua_istable(L, idx)) luaL_error(L, "pick_upstream returned an invalid upstream");
     lua_getfield(L, idx, "endpoint");
     lua_getfield(L, idx, "sk");
@@ -124,6 +120,14 @@ static void read_candidate(lua_State *L, int idx, int pins, route_candidate_t *c
     lua_Integer id = lua_tointegerx(L, -1, &isint);
     cand->id = isint ? (int64_t)id : 0;
     lua_pop(L, 1);
+    if (!overlay_used && lua_getmetatable(L, idx)) {
+        int cached = lua_rawequal(L, -1, mt);
+        lua_pop(L, 1);
+        if (cached) {
+            cand->connect_timeout = cand->timeout = cand->stream_timeout = cand->idle_timeout = -1;
+            return;
+        }
+    }
     cand->connect_timeout = opt_timeout(L, idx, "connect_timeout");
     cand->timeout = opt_timeout(L, idx, "timeout");
     cand->stream_timeout = opt_timeout(L, idx, "stream_timeout");
@@ -145,13 +149,16 @@ static int pick_p(lua_State *L) {
     if (!lua_istable(L, v)) return luaL_error(L, "pick_upstream returned an invalid upstream");
     lua_req_push_pins(L, c->req);
     int pins = lua_gettop(L);
+    luaL_getmetatable(L, LUA_API_UPSTREAM_MT);
+    int mt = lua_gettop(L);
+    int overlay_used = c->h->host.overlay_used;
     /* One upstream is a table with an endpoint; anything else is taken as a list. */
     int single = lua_getfield(L, v, "endpoint") != LUA_TNIL;
     lua_pop(L, 1);
     if (single) {
         c->cands = arena_alloc(a, sizeof *c->cands);
         if (!c->cands) return luaL_error(L, "out of memory");
-        read_candidate(L, v, pins, &c->cands[0]);
+        read_candidate(L, v, pins, mt, overlay_used, &c->cands[0]);
         c->n_cands = 1;
         return 0;
     }
@@ -162,7 +169,7 @@ static int pick_p(lua_State *L) {
     if (!c->cands) return luaL_error(L, "out of memory");
     for (lua_Integer i = 1; i <= n; i++) {
         lua_geti(L, v, i);
-        read_candidate(L, lua_gettop(L), pins, &c->cands[i - 1]);
+        read_candidate(L, lua_gettop(L), pins, mt, overlay_used, &c->cands[i - 1]);
         lua_pop(L, 1);
     }
     c->n_cands = (size_t)n;
@@ -231,6 +238,4 @@ void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res, sto
 
 void hooks_release(hooks_t *h, route_req_t *req) {
     lua_req_end(h->L, req);
-    if (req->hooks_ref > 0) luaL_unref(h->L, LUA_REGISTRYINDEX, req->hooks_ref);
-    req->hooks_ref = 0;
 }

@@ -50,6 +50,9 @@ void lua_req_push(lua_State *L, route_req_t *req);
 /* The pin table of the request (created on demand): values C keeps pointers into (the sk and
  * endpoint strings of its candidates) live as long as the request. Raises. */
 void lua_req_push_pins(lua_State *L, route_req_t *req);
+/* The hook table the request started with (pinned on its first hook, so a reload in the
+ * middle of a request does not hand it half to the old script, half to the new). Raises. */
+void lua_req_push_hooks(lua_State *L, route_req_t *req);
 /* The request ended: its object, wherever a script kept it, raises when read. Never raises. */
 void lua_req_end(lua_State *L, route_req_t *req);
 

@@ -13,7 +13,7 @@
 #include "route/store.h"
 #include "route/util.h"
 
-#define UPSTREAM_MT "route.upstream"
+#define UPSTREAM_MT LUA_API_UPSTREAM_MT
 #define REG_OVERLAY "route.upstream_overlay"
 
 static lua_api_host_t *host_of(lua_State *L) {

@@ -21,8 +21,9 @@
 #define REQ_MT     "route.req"
 #define HEADERS_MT "route.req.headers"
 #define RES_MT     "route.res"
+#define REG_RES    "route.current_res"
 
-enum { REQ_UV_CACHE = 1, REQ_UV_PINS = 2 };
+enum { REQ_UV_CACHE = 1, REQ_UV_PINS = 2, REQ_UV_HOOKS = 3 };
 enum { HDR_UV_REQ = 1, HDR_UV_CACHE = 2, HDR_UV_ALL = 3 };
 
 typedef struct req_box {
@@ -372,7 +373,7 @@ void lua_req_push(lua_State *L, route_req_t *req) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, req->obj_ref);
         return;
     }
-    req_box_t *b = lua_newuserdatauv(L, sizeof *b, 2);
+    req_box_t *b = lua_newuserdatauv(L, sizeof *b, 3);
     b->req = NULL;
     memcpy(b->id, req->id, sizeof b->id);
     b->id[sizeof b->id - 1] = '\0';
@@ -385,6 +386,17 @@ void lua_req_push(lua_State *L, route_req_t *req) {
 void lua_req_push_pins(lua_State *L, route_req_t *req) {
     lua_req_push(L, req);
     push_uv_table(L, -1, REQ_UV_PINS, 4, 0);
+    lua_remove(L, -2);
+}
+
+void lua_req_push_hooks(lua_State *L, route_req_t *req) {
+    lua_req_push(L, req);
+    if (lua_getiuservalue(L, -1, REQ_UV_HOOKS) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_getfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, -3, REQ_UV_HOOKS);
+    }
     lua_remove(L, -2);
 }
 
@@ -403,16 +415,17 @@ void lua_res_push(lua_State *L, const route_res_t *res, const char *req_id, lua_
     r->res = NULL;
     snprintf(r->id, sizeof r->id, "%s", req_id);
     luaL_setmetatable(L, RES_MT);
-    /* Anchored so it outlives the call even when a script dropped it: lua_res_end must
-     * reach it to cut it off. */
+    /* Anchored (one fixed slot, replaced by the next call) so it outlives the call even when a
+     * script dropped it: lua_res_end must reach it to cut it off. */
     lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, r);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_RES);
     r->res = res;
     *out = r;
 }
 
 int lua_res_finish(lua_State *L, lua_res_t *r, store_record_t *rec) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, r);
+    (void)r;
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_RES);
     int veto = 0;
     if (lua_getiuservalue(L, -1, 1) == LUA_TTABLE) {
         int t = lua_gettop(L);
@@ -428,8 +441,7 @@ int lua_res_finish(lua_State *L, lua_res_t *r, store_record_t *rec) {
 }
 
 void lua_res_end(lua_State *L, lua_res_t *r) {
-    if (!r) return;
-    r->res = NULL;
-    lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, r);
+    (void)L;
+    /* Still anchored in REG_RES until the next on_response replaces it. */
+    if (r) r->res = NULL;
 }

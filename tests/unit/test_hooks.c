@@ -328,6 +328,62 @@ static void test_override_pick_only(void) {
     hooks_free(h);
 }
 
+/* The upstream tables are cached per upstreams generation, their counters kept current; a field
+ * a hook adds to one lasts for that call only. */
+static void test_upstream_cache(void) {
+    const char *dir =
+        script_dir("upcache", "local route = require 'route'\n"
+                              "return { pick_upstream = function(req, ups)\n"
+                              "  local u = ups[1]\n"
+                              "  if req.model == 'timeout' then\n"
+                              "    u.timeout = 7\n"
+                              "    if u.timeout ~= 7 then error('overlay not read back') end\n"
+                              "  elseif req.model == 'same' then\n"
+                              "    local same = rawequal(route.shared.first, u)\n"
+                              "    route.shared.first = u\n"
+                              "    return nil, tostring(same) .. ' ' .. u.success_count .. ' ' ..\n"
+                              "      tostring(u.timeout)\n"
+                              "  end\n"
+                              "  return u\n"
+                              "end }\n");
+    hooks_t *h = load(dir);
+    char out[256];
+    pick(h, "same", out, sizeof out); /* remembers the table */
+    fake_t *f = fake_new(NULL, "{}", "timeout");
+    route_candidate_t *c;
+    size_t n;
+    const char *m;
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0);
+    CHECK(n == 1 && c[0].timeout == 7 && c[0].connect_timeout < 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    f = fake_new(NULL, "{}", NULL);
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0);
+    CHECK(n == 1 && c[0].timeout < 0); /* the field did not outlive its call */
+    hooks_release(h, &f->req);
+    fake_free(f);
+
+    int64_t s0 = store_loop_upstreams(ctx.store)->items[0].success_count;
+    pick(h, "same", out, sizeof out);
+    char want[64];
+    snprintf(want, sizeof want, "ERR:true %lld nil", (long long)s0);
+    CHECK(strcmp(out, want) == 0);
+    /* A counter bump reaches the cached table; it stays the same table. */
+    store_loop_upstream_result(ctx.store, store_loop_upstreams(ctx.store)->items[0].id, 1);
+    pick(h, "same", out, sizeof out);
+    snprintf(want, sizeof want, "ERR:true %lld nil", (long long)s0 + 1);
+    CHECK(strcmp(out, want) == 0);
+    /* A new upstream set builds new tables. */
+    int64_t id;
+    CHECK(store_add_upstream(ctx.store, "sk-eeee5555", "http://e.example/v1", &id) == STORE_OK);
+    store_loop_refresh(ctx.store);
+    pick(h, "same", out, sizeof out);
+    CHECK(strncmp(out, "ERR:false ", 10) == 0);
+    CHECK(store_delete_upstream(ctx.store, id) == STORE_OK);
+    store_loop_refresh(ctx.store);
+    hooks_free(h);
+}
+
 static void test_errors(void) {
     char *err = NULL;
     const char *dir = script_dir("syntax", "return {\n  authorize = function(req)\n    retur x\n"
@@ -811,6 +867,7 @@ int main(void) {
     test_authorize();
     test_policies();
     test_override_pick_only();
+    test_upstream_cache();
     test_errors();
     test_reload_and_shared();
     test_req_table();
