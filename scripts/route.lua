@@ -1,49 +1,46 @@
 -- route.lua: the default hooks, compiled into the binary. A scripts/route.lua of your own
 -- returns a table with any of these three functions; the ones it leaves out fall back to
--- these. The C proxy does the networking: hooks only decide (who may call, which upstreams in
--- which order) and record. They must not block: there is no sleep, no socket, no file I/O on
--- the request path here (route.http_post is asynchronous).
+-- these. The C proxy does the networking and the accounting: hooks only decide (who may call,
+-- which upstreams in which order) and observe. They must not block: there is no sleep, no
+-- socket, no file I/O on the request path here (route.http_post is asynchronous).
 --
---   authorize(req)               -> true | false, status, message
+--   authorize(req)                -> true | false, status, message
 --   pick_upstream(req, upstreams) -> upstream | {upstream, ...} | nil, message
---   on_response(req, res)        -> nothing; records the exchange and counts successes
+--   on_response(req, res)         -> nothing (keep the row) | false (no row for this request)
+--
+-- Records and counters are C's: every exchange that passed authorize gets its `records` row
+-- and its counter updates whatever the hooks do (also when on_response raises). on_response
+-- observes: it may add to the row, e.g. `res.record.error = "..."` or any other column
+-- (ip, body, response, model, upstream_endpoint, user_agent, error, status, upstream_id,
+-- prompt_tokens, completion_tokens, total_tokens, elapsed / response_time in seconds,
+-- elapsed_ns / response_time_ns), or veto it: `return false`, or `res.record = false`.
+-- route.record{...} writes an extra row (with the request's own id, req.id, it replaces C's
+-- row instead); route.upstream_success(id) / route.upstream_failed(id) are extra signals on
+-- top of C's counting, which the defaults do not send.
+--
+-- req is one object per request, the same in all three hooks; its fields are read on first
+-- access: id, method, path, query, headers (lower-case names), client_ip, model, stream, body;
+-- req.ctx is a table of your own that lasts from authorize to on_response. A req kept past
+-- its request (say in route.shared) raises when read. Times are float seconds (res.elapsed,
+-- res.ttfb, route.now()); res.elapsed_ns and res.ttfb_ns are integer nanoseconds. The tables in
+-- `upstreams` are shared between requests: read them, return them, sort a copy of the list
+-- (the list itself is yours); fields you add to one (timeout, connect_timeout, stream_timeout,
+-- idle_timeout, in seconds) last for that hook call only.
 local route = require "route"
 
 local M = {}
 
--- Go's strings.Trim(s, " "): spaces only, so a tab in a token stays part of it.
-local function trim_spaces(s)
-    return (s:gsub("^ +", ""):gsub(" +$", ""))
-end
-
-local function trim_space(s)
-    return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
+-- The one Bearer rule (the admin API uses it too): "Bearer" (case-sensitive), then the token
+-- trimmed of white space, compared in constant time with each entry of `authorization`.
 function M.authorize(req)
     if route.config.get("noauth") == "true" then
         return true
     end
-    local header = req.headers["authorization"]
-    -- Case-sensitive plain prefix, as the Go program checked it: "bearer x" is refused.
-    if header == nil or header:sub(1, 6) ~= "Bearer" then
-        return false, 403, "authorization header should start with 'Bearer'"
-    end
-    local token = trim_spaces(header:sub(7))
-    local ok = false
-    -- Every configured token is compared even after a match, so the time taken does not
-    -- tell which one (or whether an early one) matched.
-    for candidate in (route.config.get("authorization") or ""):gmatch("[^,]+") do
-        candidate = trim_space(candidate)
-        if candidate ~= "" then
-            local same = route.secure_compare(token, candidate)
-            ok = ok or same
-        end
-    end
+    local ok, message = route.check_bearer(req.headers["authorization"])
     if ok then
         return true
     end
-    return false, 403, "wrong authorization header"
+    return false, 403, message
 end
 
 local function copy(list, keep)
@@ -158,41 +155,8 @@ local function notify(req, res)
     end
 end
 
+-- C has written the row and counted; the default only sends the error notices.
 function M.on_response(req, res)
-    local up, usage = res.upstream, res.usage
-    route.record {
-        id = req.id,
-        ip = req.client_ip,
-        body = req.body,
-        response = res.content,
-        model = req.model or res.model or req.path,
-        status = res.status,
-        upstream_id = up and up.id,
-        upstream_endpoint = up and up.endpoint,
-        prompt_tokens = usage and usage.prompt_tokens,
-        completion_tokens = usage and usage.completion_tokens,
-        total_tokens = usage and usage.total_tokens,
-        elapsed = res.elapsed,
-        response_time = res.ttfb,
-        user_agent = req.headers["user-agent"],
-        error = res.error,
-    }
-
-    -- The proxy already decided which attempts count as upstream failures (client 4xx, a
-    -- client abort and sk "asis" 401/403 do not).
-    local attempts = res.attempts or {}
-    for _, a in ipairs(attempts) do
-        if a.failed and a.upstream and a.upstream.id then
-            route.upstream_failed(a.upstream.id)
-        end
-    end
-    local last = attempts[#attempts]
-    local status = res.status or 0
-    if up and up.id and status >= 200 and status < 400 and not res.client_aborted
-        and not (last and last.failed) then
-        route.upstream_success(up.id)
-    end
-
     if res.error and not res.client_aborted then
         notify(req, res)
     end

@@ -2,7 +2,8 @@
  *
  * Owns: the order of events (authorize hook, pick_upstream hook, forward, failover, stream,
  * finish), the upstream request's path and headers, which failures fail over and count, the
- * response headers passed back, backpressure, and what on_response and the metrics see.
+ * response headers passed back, backpressure, what on_response and the metrics see, and when
+ * the exchange is accounted (records.c builds the row and counts, in proxy_finish).
  * Must not: parse HTTP or manage sockets (server.c, upstream.c), touch Lua (hooks.c) or
  * SQLite (store.c), or copy response bytes: they go to the client in the buffer they came in. */
 #include "route/proxy.h"
@@ -16,6 +17,7 @@
 #include "route/extract.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
+#include "route/records.h"
 #include "route/store.h"
 #include "route/upstream.h"
 
@@ -314,7 +316,16 @@ static void proxy_finish(proxy_req_t *p, int record) {
         res.has_usage =
             extract_usage(p->ex, &res.prompt_tokens, &res.completion_tokens, &res.total_tokens);
     }
-    if (record) hooks_on_response(p->ctx->hooks, &p->rreq, &res);
+    if (record) {
+        /* Accounting is C's, whatever the hooks do: on_response only observes (it may add to
+         * the row or veto it). */
+        store_t *store = p->ctx->store;
+        records_count(store, &res);
+        store_record_t *rec = store ? records_build(&p->rreq, &res) : NULL;
+        if (store && !rec) route_log(LOG_ERROR, "proxy: out of memory, record %s lost", p->rreq.id);
+        hooks_on_response(p->ctx->hooks, &p->rreq, &res, &rec);
+        if (rec) store_loop_record(store, rec);
+    }
     hooks_release(p->ctx->hooks, &p->rreq);
     if (p->ctx->metrics)
         metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,

@@ -9,14 +9,16 @@
 
 #include "route/ctx.h"
 #include "route/http.h"
+#include "route/store.h"
 
 /* What a hook sees of a request. Strings live in the request's arena. */
 typedef struct route_req {
     http_request_t *http; /* method, path, query, headers, body, client_ip */
     char id[37];
-    char *model;   /* the body's top-level "model", or NULL */
-    int stream;    /* the body's top-level "stream" is true */
-    int hooks_ref; /* the hook table this request started with (hooks.c); 0: none yet */
+    char *model;      /* the body's top-level "model", or NULL */
+    int stream;       /* the body's top-level "stream" is true */
+    int obj_ref;      /* the request's Lua object (lua_req.c); 0: no hook has seen it yet */
+    int recorded_own; /* a script wrote this request's row itself (route.record{id = req.id}) */
 } route_req_t;
 
 /* One candidate upstream, copied from the snapshot into the request's arena. Timeouts in
@@ -66,11 +68,16 @@ int hooks_authorize(hooks_t *h, route_req_t *req, int *status, const char **mess
 /* Fills an arena array of candidates in order. Returns 0, or -1 with *message (500). */
 int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, size_t *n,
                         const char **message);
-/* Runs on_response. Errors are logged; when the hook fails the row is recorded from C so
- * nothing is lost. */
-void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res);
+/* Runs on_response as an observer of an exchange C has already accounted (records.c): *rec is
+ * the row C built, or NULL. The hook may add to the row (res.record.<column> = value) or veto
+ * it (return false, or res.record = false): then *rec is freed and set to NULL. So is it when
+ * the hook wrote the request's own row itself with route.record{id = req.id, ...} (scripts
+ * of the older contract). A hook that raises changes nothing but the row's error (when it had
+ * none): "on_response hook: <message>". The caller writes what is left in *rec. */
+void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res, store_record_t **rec);
 
-/* The request is over: lets go of the hook table it was pinned to. */
+/* The request is over: its Lua object raises when read from now on, and it lets go of the
+ * hook table it was pinned to. */
 void hooks_release(hooks_t *h, route_req_t *req);
 
 /* Embedded default script (generated from scripts/route.lua at build time). */

@@ -1,36 +1,73 @@
-/* lua_api.h: the interface between hooks.c (the Lua state, the hook calls, the budgets) and
- * lua_api.c (the `route` module scripts call). Nothing else includes this. */
+/* lua_api.h: the interface between the hook machinery (src/lua/hooks*.c, lua_vm.c,
+ * lua_req.c) and the `route` module scripts call, one file per group of functions
+ * (src/lua/lua_api_*.c, assembled by lua_api.c). Nothing outside src/lua/ and the hooks'
+ * unit test includes this. */
 #ifndef ROUTE_LUA_API_H
 #define ROUTE_LUA_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
 #include "route/ctx.h"
 #include "route/hooks.h"
+#include "route/store.h"
+
+/* The counters of one upstream as last written into its cached Lua table. */
+typedef struct lua_api_upstream_seen {
+    int64_t id, success_count, failed_count, last_success; /* last_success 0: never */
+} lua_api_upstream_seen_t;
 
 /* What the route module needs from its owner. It lives inside the hooks_t, so every module
  * function reaches it through an upvalue rather than a global. */
 typedef struct lua_api_host {
     route_ctx_t *ctx;
-    route_req_t *req;   /* the request whose hook runs now, or NULL (for redaction) */
-    unsigned n_records; /* route.record calls so far: a failing on_response that already */
-    unsigned n_counts;  /* recorded or counted must not be recorded/counted again from C */
+    route_req_t *req; /* the request whose hook runs now, or NULL (for redaction) */
+
+    /* The upstream tables of pick_upstream, built once per store upstreams generation
+     * (lua_api_upstreams.c); counters are patched in place when they move. */
+    int ups_valid;
+    uint64_t ups_generation;
+    int ups_ref; /* registry: array of the cached upstream tables */
+    size_t ups_n;
+    lua_api_upstream_seen_t *ups_seen;
+    int overlay_used; /* a hook added fields to a cached upstream table this call */
 } lua_api_host_t;
 
 /* Creates the route module once per state (global `route`, package.loaded.route, with an
  * empty route.shared) and puts cjson / cjson.safe in package.preload. Raises on error: call
  * it inside a protected call. */
 void lua_api_open(lua_State *L, lua_api_host_t *host);
+/* Frees what the host holds outside the Lua state (after lua_close). */
+void lua_api_close(lua_api_host_t *host);
+
+/* Each group adds its functions to the table on top of the stack (the route module). */
+void lua_api_open_config(lua_State *L, lua_api_host_t *host);    /* lua_api_config.c */
+void lua_api_open_upstreams(lua_State *L, lua_api_host_t *host); /* lua_api_upstreams.c */
+void lua_api_open_record(lua_State *L, lua_api_host_t *host);    /* lua_api_record.c */
+void lua_api_open_http(lua_State *L, lua_api_host_t *host);      /* lua_api_http.c */
+void lua_api_open_util(lua_State *L, lua_api_host_t *host);      /* lua_api_util.c */
 
 /* Sets route.defaults to the table at idx (the embedded default hooks, for scripts that
  * wrap them). Raises on error. */
 void lua_api_set_defaults(lua_State *L, int idx);
 
-/* Pushes the upstream snapshot: an array of {id, sk, endpoint, success_count, failed_count,
- * last_call_success_time (float seconds, nil when never)}. Raises on error. */
+/* Pushes the upstream snapshot for pick_upstream: a fresh array (a script may sort it in
+ * place) of cached tables {id, sk, endpoint, success_count, failed_count,
+ * last_call_success_time (float seconds, nil when never)}. Fields a hook adds to one of those
+ * tables (timeouts) last for the current hook call only. Raises on error. */
 void lua_api_push_upstreams(lua_State *L, lua_api_host_t *host);
+/* The metatable of the cached upstream tables (in the registry under this name). */
+#define LUA_API_UPSTREAM_MT "route.upstream"
+/* A hook call ended: forgets the per-call fields added to cached upstream tables. Never
+ * raises. */
+void lua_api_call_done(lua_State *L, lua_api_host_t *host);
+
+/* Copies every column set in the table at idx (ip, body, response, model, upstream_endpoint,
+ * user_agent, error, status, upstream_id, prompt_tokens, completion_tokens, total_tokens,
+ * elapsed, response_time) into r; fields left nil keep r's value. Raises on a bad field. */
+void lua_api_record_apply(lua_State *L, int idx, store_record_t *r);
 
 /* A malloc'd copy of msg with every known secret (upstream keys, configured tokens, the
  * current request's bearer token) replaced by "***", for logs and error answers that carry

@@ -273,7 +273,9 @@ def test_raising_hook_is_a_500_and_the_next_request_works(tmp_path, mocks):
     """)
     with Proxy(tmp_path, upstreams=[("sk-a-secret", mocks[0].endpoint())], scripts_dir=scripts,
                config={"hook_instruction_budget": "200000",
-                       "hook_memory_limit_mb": "64"}) as p:
+                       "hook_memory_limit_mb": "64",
+                       # The budgets under test, not the 50 ms time limit, must stop these.
+                       "hook_time_limit_ms": "60000"}) as p:
         msg = assert_error_shape(p.chat(model="boom"), 500)
         assert msg == "route.lua:10: kaboom", msg
         assert answered_by(p.chat(model="fine")) == "a"

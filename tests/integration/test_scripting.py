@@ -114,7 +114,10 @@ def mock_a():
 def runaway_proxy(tmp_path, mock_a, proxy_factory):
     # proxy_factory (conftest): a crash or a sanitizer report fails the test.
     scripts = write_script(tmp_path / "scripts", RUNAWAY_SCRIPT)
-    return proxy_factory(upstreams=[("sk-a-secret", mock_a.endpoint())], scripts_dir=scripts)
+    # The budgets under test, not the 50 ms time limit (test_hooks_observer.py), must stop
+    # these runaways.
+    return proxy_factory(upstreams=[("sk-a-secret", mock_a.endpoint())], scripts_dir=scripts,
+                         config={"hook_time_limit_ms": "60000"})
 
 
 # --------------------------------------------------------------------------- runaways

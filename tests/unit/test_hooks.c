@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include "route/cli.h"
+#include "route/config.h"
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/http.h"
 #include "route/lua_api.h"
+#include "route/records.h"
 #include "route/store.h"
 #include "route/util.h"
 
@@ -117,6 +119,7 @@ static int auth(hooks_t *h, const char *header, int *status, char *msg, size_t c
     *status = 0;
     int rc = hooks_authorize(h, &f->req, status, &m);
     snprintf(msg, cap, "%s", m ? m : "");
+    hooks_release(h, &f->req);
     fake_free(f);
     return rc;
 }
@@ -136,7 +139,19 @@ static void pick(hooks_t *h, const char *model, char *out, size_t cap) {
             snprintf(out + len, cap - len, "%s%lld", i ? "," : "", (long long)c[i].id);
         }
     }
+    hooks_release(h, &f->req);
     fake_free(f);
+}
+
+/* What proxy_finish does for an exchange that passed authorize: C counts and builds the row,
+ * on_response observes (may add to it or veto it), the row is written, the request ends. */
+static void finish(hooks_t *h, fake_t *f, const route_res_t *res) {
+    records_count(ctx.store, res);
+    store_record_t *rec = records_build(&f->req, res);
+    CHECK(rec != NULL);
+    hooks_on_response(h, &f->req, res, &rec);
+    if (rec) store_loop_record(ctx.store, rec);
+    hooks_release(h, &f->req);
 }
 
 /* ---- tests ---- */
@@ -313,6 +328,62 @@ static void test_override_pick_only(void) {
     hooks_free(h);
 }
 
+/* The upstream tables are cached per upstreams generation, their counters kept current; a field
+ * a hook adds to one lasts for that call only. */
+static void test_upstream_cache(void) {
+    const char *dir =
+        script_dir("upcache", "local route = require 'route'\n"
+                              "return { pick_upstream = function(req, ups)\n"
+                              "  local u = ups[1]\n"
+                              "  if req.model == 'timeout' then\n"
+                              "    u.timeout = 7\n"
+                              "    if u.timeout ~= 7 then error('overlay not read back') end\n"
+                              "  elseif req.model == 'same' then\n"
+                              "    local same = rawequal(route.shared.first, u)\n"
+                              "    route.shared.first = u\n"
+                              "    return nil, tostring(same) .. ' ' .. u.success_count .. ' ' ..\n"
+                              "      tostring(u.timeout)\n"
+                              "  end\n"
+                              "  return u\n"
+                              "end }\n");
+    hooks_t *h = load(dir);
+    char out[256];
+    pick(h, "same", out, sizeof out); /* remembers the table */
+    fake_t *f = fake_new(NULL, "{}", "timeout");
+    route_candidate_t *c;
+    size_t n;
+    const char *m;
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0);
+    CHECK(n == 1 && c[0].timeout == 7 && c[0].connect_timeout < 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    f = fake_new(NULL, "{}", NULL);
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0);
+    CHECK(n == 1 && c[0].timeout < 0); /* the field did not outlive its call */
+    hooks_release(h, &f->req);
+    fake_free(f);
+
+    int64_t s0 = store_loop_upstreams(ctx.store)->items[0].success_count;
+    pick(h, "same", out, sizeof out);
+    char want[64];
+    snprintf(want, sizeof want, "ERR:true %lld nil", (long long)s0);
+    CHECK(strcmp(out, want) == 0);
+    /* A counter bump reaches the cached table; it stays the same table. */
+    store_loop_upstream_result(ctx.store, store_loop_upstreams(ctx.store)->items[0].id, 1);
+    pick(h, "same", out, sizeof out);
+    snprintf(want, sizeof want, "ERR:true %lld nil", (long long)s0 + 1);
+    CHECK(strcmp(out, want) == 0);
+    /* A new upstream set builds new tables. */
+    int64_t id;
+    CHECK(store_add_upstream(ctx.store, "sk-eeee5555", "http://e.example/v1", &id) == STORE_OK);
+    store_loop_refresh(ctx.store);
+    pick(h, "same", out, sizeof out);
+    CHECK(strncmp(out, "ERR:false ", 10) == 0);
+    CHECK(store_delete_upstream(ctx.store, id) == STORE_OK);
+    store_loop_refresh(ctx.store);
+    hooks_free(h);
+}
+
 static void test_errors(void) {
     char *err = NULL;
     const char *dir = script_dir("syntax", "return {\n  authorize = function(req)\n    retur x\n"
@@ -356,11 +427,17 @@ static void test_errors(void) {
                                "      for i = 1, 1e9 do t[i] = string.rep('x', 4096) .. i end\n"
                                "    end\n"
                                "    if req.model == 'table' then error({}) end\n"
+                               "    if req.model == 'slow' then\n"
+                               "      local s\n"
+                               "      for i = 1, 1e9 do s = string.rep('x', 200000) end\n"
+                               "    end\n"
                                "    return { id = 7, sk = 's', endpoint = 'e' }\n"
                                "  end }\n");
     h = load(dir);
     int st;
     char msg[256], out[256];
+    /* The instruction budget first: no time limit to beat it on a slow machine. */
+    set_config("hook_time_limit_ms", "600000");
     CHECK(auth(h, "Bearer tok-one", &st, msg, sizeof msg) == -1);
     CHECK(st == 500);
     /* Request-time errors name the script, not the server's directories. */
@@ -390,6 +467,16 @@ static void test_errors(void) {
 
     pick(h, "table", out, sizeof out);
     CHECK(strcmp(out, "ERR:(error object is a table value)") == 0);
+
+    /* Few instructions, much time: the time limit stops it, and the state still serves. */
+    set_config("hook_time_limit_ms", "30");
+    t0 = util_now_mono_ns();
+    pick(h, "slow", out, sizeof out);
+    CHECK(strstr(out, "ERR:route.lua:") == out && strstr(out, "time limit (30 ms)"));
+    CHECK(util_now_mono_ns() - t0 < 1000000000LL);
+    pick(h, NULL, out, sizeof out);
+    CHECK(strcmp(out, "7") == 0);
+    set_config("hook_time_limit_ms", "");
     hooks_free(h);
 }
 
@@ -490,34 +577,41 @@ static void test_req_table(void) {
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
     CHECK(st == 401);
     CHECK(m && strcmp(m, "{\"model\":\"keep\"}|test-agent/1") == 0);
-    fake_free(f);
 
-    /* The kept req outlived its request: body is gone, copied fields are not. Under
-     * AddressSanitizer this would catch a read of the freed body. */
+    /* The kept req outlived its request: reading it raises, even a field it had cached.
+     * Under AddressSanitizer this would also catch a read of the freed request. */
+    char kept_id[37];
+    memcpy(kept_id, f->req.id, sizeof kept_id);
+    hooks_release(h, &f->req);
+    fake_free(f);
     f = fake_new(NULL, "{\"model\":\"later\"}", "later");
-    CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
-    CHECK(st == 418);
-    CHECK(m && strcmp(m, "{\"model\":\"keep\"}|36|nil|false|POST") == 0);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == -1);
+    CHECK(st == 500 && m && strstr(m, "has ended") && strstr(m, kept_id));
+    hooks_release(h, &f->req);
     fake_free(f);
 
-    /* A kept req that never read its body during the call reads nil afterwards. */
+    /* A kept req that never read its body during the call raises too. */
     f = fake_new(NULL, "{\"model\":\"keep2\"}", "keep2");
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
+    hooks_release(h, &f->req);
     fake_free(f);
     f = fake_new(NULL, "{}", "later2");
-    CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
-    CHECK(m && strcmp(m, "nil") == 0);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == -1);
+    CHECK(m && strstr(m, "has ended"));
+    hooks_release(h, &f->req);
     fake_free(f);
 
     f = fake_new(NULL, "{}", "json");
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
     CHECK(m && strcmp(m, "{\"a\":1}") == 0);
+    hooks_release(h, &f->req);
     fake_free(f);
 
     opts.noauth = 1;
     f = fake_new(NULL, "{}", "noauth");
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
     CHECK(m && strcmp(m, "true") == 0);
+    hooks_release(h, &f->req);
     fake_free(f);
     opts.noauth = 0;
 
@@ -525,6 +619,7 @@ static void test_req_table(void) {
     f = fake_new(NULL, "{}", "other");
     CHECK(hooks_authorize(h, &f->req, &st, &m) == -1);
     CHECK(st == 500 && m && strstr(m, "authorize returned a string"));
+    hooks_release(h, &f->req);
     fake_free(f);
     hooks_free(h);
 }
@@ -578,7 +673,7 @@ static void test_on_response(void) {
         .attempts = at,
         .n_attempts = 2,
     };
-    hooks_on_response(h, &f->req, &res);
+    finish(h, f, &res);
     fake_free(f);
 
     /* No model anywhere: the path names it. A 502 records its error and counts nothing as a
@@ -592,7 +687,7 @@ static void test_on_response(void) {
                         .elapsed_ns = 5,
                         .attempts = at2,
                         .n_attempts = 1};
-    hooks_on_response(h, &f->req, &res2);
+    finish(h, f, &res2);
     fake_free(f);
 
     /* A client abort counts nothing. */
@@ -605,11 +700,12 @@ static void test_on_response(void) {
                         .error = "client disconnected",
                         .attempts = at3,
                         .n_attempts = 1};
-    hooks_on_response(h, &f->req, &res3);
+    finish(h, f, &res3);
     fake_free(f);
     hooks_free(h);
 
-    /* Hooks that fail: one before recording (C records), one after (no second row). */
+    /* Hooks that raise: one that added nothing (C's row says why), one that wrote the request's own
+     * row with route.record{id = req.id} first (it replaces C's: one row). */
     const char *dir = script_dir("onresp", "local route = require 'route'\n"
                                            "return { on_response = function(req, res)\n"
                                            "  if req.model == 'after' then\n"
@@ -627,12 +723,12 @@ static void test_on_response(void) {
                         .upstream_endpoint = "http://b.example/v1",
                         .attempts = at4,
                         .n_attempts = 1};
-    hooks_on_response(h, &f->req, &res4);
+    finish(h, f, &res4);
     fake_free(f);
     f = fake_new("Bearer tok-one", "{}", "after");
     char id4[37];
     memcpy(id4, f->req.id, sizeof id4);
-    hooks_on_response(h, &f->req, &res4);
+    finish(h, f, &res4);
     fake_free(f);
     hooks_free(h);
 
@@ -682,8 +778,8 @@ static void test_on_response(void) {
     int last = 0;
     upstream_counts(1, &s, &fl, &last);
     CHECK(s == 0 && fl == 1);
-    /* 2: one success from the default, one from C when the failing hook had not counted; the
-     * hook that recorded then raised had not counted either, so C counted it too. */
+    /* 2: C counts every exchange whatever on_response does: the failover's success and the
+     * two exchanges whose hooks raised. */
     upstream_counts(2, &s, &fl, &last);
     CHECK(s == 3 && fl == 0 && last);
     upstream_counts(3, &s, &fl, &last);
@@ -765,11 +861,13 @@ int main(void) {
     }
     snprintf(dbpath, sizeof dbpath, "%s/db.sqlite", tmpdir);
     ctx.opts = &opts;
+    ctx.config = config_state_new();
     reopen_store();
 
     test_authorize();
     test_policies();
     test_override_pick_only();
+    test_upstream_cache();
     test_errors();
     test_reload_and_shared();
     test_req_table();
@@ -778,6 +876,7 @@ int main(void) {
     test_examples();
 
     store_close(ctx.store);
+    config_state_free(ctx.config);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -1,10 +1,11 @@
 -- Example: latency-aware routing. Copy this file to <scripts>/route.lua (or run with
 -- -scripts scripts/examples/latency_aware). It overrides pick_upstream and on_response;
--- authorize stays the default, and on_response still calls the default one, so records and
--- the success/failure counters keep working. The `policy` key is not used.
+-- authorize stays the default, and on_response still calls the default one (the error
+-- notices). Records and the success/failure counters are written by the proxy itself, whatever
+-- on_response does. The `policy` key is not used.
 --
 -- on_response keeps, per upstream id, an exponentially weighted moving average (EWMA) of the
--- time to the response headers (res.ttfb, integer nanoseconds), and the time of the upstream's
+-- time to the response headers (res.ttfb, float seconds), and the time of the upstream's
 -- last failed attempt. Streamed and whole answers are averaged apart: the headers of a stream
 -- come at the first token, those of a whole answer after the last one. Only an exchange
 -- answered by its first attempt gives a sample (after a failover, ttfb also holds the time
@@ -27,7 +28,7 @@
 --     openai-api-route -set latency_failure_cooldown=60
 local route = require "route"
 
--- route.shared.latency_aware = { ewma = {[id] = {[kind] = ns}}, measured_at = {[id] = {[kind] =
+-- route.shared.latency_aware = { ewma = {[id] = {[kind] = s}}, measured_at = {[id] = {[kind] =
 -- seconds}}, failed_at = {[id] = seconds} }
 local function state()
     local s = route.shared.latency_aware
@@ -59,6 +60,7 @@ local function pick_upstream(req, upstreams)
     local cooldown = number_key("latency_failure_cooldown", 30, 0, math.huge)
     local remeasure = number_key("latency_remeasure", 300, 0, math.huge)
     local kind = kind_of(req)
+    req.ctx.kind = kind
 
     local entries = {}
     for _, u in ipairs(upstreams) do
@@ -97,7 +99,7 @@ local function pick_upstream(req, upstreams)
 end
 
 local function on_response(req, res)
-    -- Records and counters first: whatever happens below, the exchange is accounted for.
+    -- The default's error notices; the row and the counters are the proxy's own.
     route.defaults.on_response(req, res)
 
     local s = state()
@@ -122,7 +124,7 @@ local function on_response(req, res)
         return
     end
     local alpha = number_key("latency_alpha", 0.3, 1e-9, 1)
-    local kind = kind_of(req)
+    local kind = req.ctx.kind or kind_of(req)
     s.ewma[up.id] = s.ewma[up.id] or {}
     s.measured_at[up.id] = s.measured_at[up.id] or {}
     local old = s.ewma[up.id][kind]
