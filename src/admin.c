@@ -75,7 +75,6 @@ static void respond_method_not_allowed(http_request_t *req, const char *allow) {
 static int admin_authorized(http_request_t *req) {
     const route_header_t *h = http_request_header(req, "authorization");
     route_ctx_t *ctx = http_request_ctx(req);
-    store_loop_refresh(ctx->store);
     const route_config_t *cfg = config_current(ctx);
     int verdict = auth_check_bearer(cfg->tokens, h ? h->value : NULL, h ? h->value_len : 0);
     if (verdict == AUTH_OK) return 1;
@@ -109,6 +108,9 @@ typedef struct admin_job {
     buf_t out;
     int64_t result_id;     /* the upstream a change touched, for the log line */
     const char *done_verb; /* "added", ...: a change to log once it succeeded */
+    /* Read after a change succeeded, installed by job_done before it answers: the request
+     * after the response sees the change (the poller would take up to 100 ms). */
+    store_snapshot_t *snap;
 } admin_job_t;
 
 static void job_fail(admin_job_t *job, int status, const char *fmt, ...)
@@ -297,6 +299,11 @@ static void job_delete_upstream(admin_job_t *job) {
         job_built(job, buf_appends(&job->out, "{\"message\":\"success\"}\n"));
 }
 
+/* A change that succeeded: the loop's view to install with the answer. */
+static void job_read_snapshot(admin_job_t *job) {
+    if (job->status == 200 && job->done_verb) job->snap = store_snapshot_read(job->store);
+}
+
 static void job_run(uv_work_t *w) {
     admin_job_t *job = w->data;
     job->status = 200;
@@ -307,9 +314,11 @@ static void job_run(uv_work_t *w) {
     case JOB_ADD_UPSTREAM:
     case JOB_UPDATE_UPSTREAM:
         job_write_upstream(job);
+        job_read_snapshot(job);
         break;
     case JOB_DELETE_UPSTREAM:
         job_delete_upstream(job);
+        job_read_snapshot(job);
         break;
     case JOB_LIST_RECORDS:
         job_list_records(job);
@@ -320,6 +329,9 @@ static void job_run(uv_work_t *w) {
 static void job_done(uv_work_t *w, int status) {
     admin_job_t *job = w->data;
     http_request_t *req = job->req;
+    /* Even for a client that left: the change is made, the loop must see it. */
+    store_loop_apply(job->store, job->snap);
+    job->snap = NULL;
     if (http_request_client_connected(req)) {
         if (status != 0)
             http_respond_error(req, 503, SERVER_ERROR, "admin call cancelled");
@@ -549,7 +561,6 @@ void metrics_handle(http_request_t *req) {
         return;
     }
     route_ctx_t *ctx = http_request_ctx(req);
-    store_loop_refresh(ctx->store);
     if (!config_current(ctx)->metrics_public && !admin_authorized(req)) return;
 
     metrics_set_gauges(ctx->metrics, (int64_t)server_open_connections(ctx),

@@ -282,5 +282,7 @@ const route_config_t *config_current(struct route_ctx *ctx) {
     s->current = c;
     s->generation = gen;
     s->valid = 1;
+    /* The store may not read config itself (no config.h there): a changed bound applies now. */
+    if (ctx->store) store_loop_set_records_queue_max(ctx->store, (size_t)c->records_queue_max);
     return c;
 }

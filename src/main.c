@@ -52,6 +52,7 @@ static void close_handle(uv_handle_t *h, void *arg) {
 
 static void stop_now(process_t *pr) {
     route_ctx_t *ctx = &pr->ctx;
+    store_detach_loop(ctx->store);
     server_close_all(ctx);
     upstream_pool_close_idle(ctx->pool);
     /* What is left (signals, timers, hook handles) closes so uv_run can return. */
@@ -125,6 +126,7 @@ int main(int argc, char **argv) {
 
     process_t pr;
     memset(&pr, 0, sizeof(pr));
+    int exit_code = 0;
     uv_loop_t loop;
     uv_loop_init(&loop);
     route_ctx_t *ctx = &pr.ctx;
@@ -132,10 +134,8 @@ int main(int argc, char **argv) {
     ctx->opts = &opts;
     ctx->store = store;
     ctx->config = config_state_new();
-    store_loop_refresh(store);
     ctx->metrics = metrics_new();
     ctx->pool = upstream_pool_new(ctx);
-    int exit_code = 0;
     ctx->tls_client = tls_client_config_new(opts.ca_file, &err);
     if (!ctx->tls_client) {
         /* Without -ca-file a machine with no CA bundle can still proxy to http:// upstreams;
@@ -158,6 +158,14 @@ int main(int argc, char **argv) {
             goto out;
         }
     }
+    /* From here on, changes by other processes (-set, -add) reach the loop through this; it
+     * also reads what start-up wrote, before the scripts load (they may read route.config). */
+    if (store_attach_loop(store, &loop) != 0) {
+        fprintf(stderr, "cannot watch %s for changes\n", opts.database);
+        exit_code = 1;
+        goto out;
+    }
+    store_loop_set_records_queue_max(store, (size_t)config_current(ctx)->records_queue_max);
     ctx->hooks = hooks_new(ctx, opts.scripts, &err);
     if (!ctx->hooks) {
         fprintf(stderr, "cannot load scripts: %s\n", err ? err : "unknown error");
@@ -187,10 +195,10 @@ int main(int argc, char **argv) {
     route_log(LOG_INFO, "stopped; writing queued records");
 
 out:
-    if (exit_code) {
-        uv_walk(&loop, close_handle, NULL);
-        uv_run(&loop, UV_RUN_DEFAULT);
-    }
+    /* Before the loop closes: the writer must not wake a loop that is gone. */
+    store_detach_loop(store);
+    if (exit_code) uv_walk(&loop, close_handle, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT); /* completes the closes (the store's async handle too) */
     reloader_free(ctx->reloader);
     if (ctx->hooks) hooks_free(ctx->hooks);
     upstream_pool_free(ctx->pool);

@@ -337,7 +337,6 @@ static void proxy_finish(proxy_req_t *p, int record) {
 
 void proxy_handle(http_request_t *http) {
     route_ctx_t *ctx = http_request_ctx(http);
-    store_loop_refresh(ctx->store);
     proxy_req_t *p = arena_alloc(http_request_arena(http), sizeof(*p));
     if (!p) {
         http_respond_error(http, 500, "server_error", "out of memory");

@@ -103,9 +103,6 @@ static void fingerprint(reloader_t *r) {
 
 int reloader_reload(reloader_t *r, const char *trigger, char **err) {
     char *msg = NULL;
-    /* A script may read route.config at load time: let it see what -set wrote since the last
-     * request (SIGHUP and the folder watch come with no request that refreshed the cache). */
-    if (r->ctx->store) store_loop_refresh(r->ctx->store);
     int rc = hooks_reload(r->ctx->hooks, &msg);
     snprintf(r->last_trigger, sizeof(r->last_trigger), "%s", trigger);
     if (rc == 0) {

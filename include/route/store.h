@@ -1,15 +1,29 @@
-/* store.h: the SQLite database the Go program wrote (openai_upstreams, config_kvs, records),
- * its schema and migrations, a cached view for the event loop, and the writer thread.
+/* store.h: the database the Go program wrote (openai_upstreams, config_kvs, records) behind one
+ * backend-neutral interface: the schema and its migrations, one-shot calls for the CLI and the
+ * admin API, a cached view for the event loop, and a writer thread for the loop's writes.
  *
- * Threading: store_open/close and the store_cli_* / store_admin_* calls are synchronous and
- * may block (CLI, start-up, or a libuv work thread). The store_loop_* calls run on the event
- * loop thread: they only read caches (refreshed by one cheap `PRAGMA data_version` check) or
- * queue work for the writer thread, never wait on a write. */
+ * The backend today is SQLite in WAL mode (src/store/). Nothing here names a SQLite type or
+ * call, so a second backend can implement this header as is: a PostgreSQL one would keep the
+ * same four parts, with the sync calls on a pooled connection, the writer's group commit as a
+ * multi-row INSERT (or COPY) plus one UPDATE per upstream in a transaction, and the external
+ * change poller turned into LISTEN/NOTIFY on a trigger of config_kvs and openai_upstreams (or
+ * a cheap `SELECT max(updated_at)` every 100 ms); snapshots and bump sequences stay as they are.
+ *
+ * Threading:
+ *   - store_open/close, the sync calls and store_snapshot_read block; they run on the CLI,
+ *     at start-up or on a libuv work thread, never on the event loop thread.
+ *   - store_loop_* calls run on the event loop thread and never block on the database: they
+ *     read the loop's cached snapshot or queue work for the writer thread.
+ *   - Changes made by another process (-set, -add, a hand edit) reach the loop's snapshot
+ *     within about 100 ms (at most 250 ms), through the loop handle of store_attach_loop.
+ *     Changes made through this store_t (store_loop_config_set, counter bumps, an applied
+ *     admin snapshot) are in the loop's snapshot at once, and stay there until written. */
 #ifndef ROUTE_STORE_H
 #define ROUTE_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 typedef struct store store_t;
 
@@ -40,14 +54,18 @@ typedef struct store_record {
     int status;
     int64_t upstream_id; /* 0: none */
     int64_t prompt_tokens, completion_tokens, total_tokens;
+    /* The store's queue link (so queueing a row costs no allocation); callers leave it alone. */
+    struct store_record *queue_next;
 } store_record_t;
 store_record_t *store_record_new(void);
 void store_record_free(store_record_t *r);
 
-/* Opens (creating the file and schema, or migrating an older one by ADD COLUMN), sets WAL,
- * and starts the writer thread. On error returns NULL and a malloc'd message in *err. */
+/* Opens (creating the file and schema, or migrating an older one by ADD COLUMN), reads the
+ * first snapshot for the loop and starts the writer thread. On error returns NULL and a
+ * malloc'd message in *err. */
 store_t *store_open(const char *path, char **err);
-/* Writes every queued item, stops the writer thread, closes. */
+/* Writes every queued item (SIGTERM loses no record), stops the writer thread, closes. Call
+ * store_detach_loop first when a loop was attached. */
 void store_close(store_t *s);
 
 /* ---- synchronous calls (CLI, start-up, admin work threads) ---- */
@@ -66,13 +84,31 @@ int store_config_each(store_t *s, void (*fn)(void *ud, const char *key, const ch
 /* Newest first. Fills out[] (caller frees with store_record_free each). */
 int store_list_records(store_t *s, int limit, int offset, store_record_t ***out, size_t *n);
 
+/* A consistent read of the live config and upstreams as committed now, ordered against every
+ * other snapshot of this store_t, with the counter bumps and config writes it already holds.
+ * Blocking; NULL when out of memory or on a read error. The admin API reads one after a change
+ * and hands it to store_loop_apply on the loop, so the very next request sees the change. */
+typedef struct store_snapshot store_snapshot_t;
+store_snapshot_t *store_snapshot_read(store_t *s);
+void store_snapshot_free(store_snapshot_t *snap);
+
 /* ---- event loop thread ---- */
-/* Re-reads config and upstreams when another connection (the writer thread, a CLI -set, an
- * admin call) committed since the last check. Cheap when nothing changed. */
-void store_loop_refresh(store_t *s);
-/* Cached config value or NULL. Valid until the next store_loop_refresh/config_set. */
+/* Lets changes by other processes reach the loop: a poller (every 100 ms, off the loop) hands
+ * fresh snapshots over through a uv_async_t on loop (unreferenced: it never keeps the loop
+ * alive). Also installs a fresh snapshot now, so call it at start-up before the loop runs. */
+int store_attach_loop(store_t *s, uv_loop_t *loop);
+/* Stops the hand-over and closes the async handle (its close completes on the next loop
+ * iteration). Idempotent; call it before the loop closes (before uv_walk closes everything). */
+void store_detach_loop(store_t *s);
+/* Installs snap unless a newer snapshot is already in place, overlaying what this store_t
+ * queued and has not written yet (counter bumps by sequence, config values). Takes snap. */
+void store_loop_apply(store_t *s, store_snapshot_t *snap);
+
+/* Cached config value or NULL. Valid until control returns to the loop (a new snapshot may be
+ * installed then) or the next store_loop_config_set. */
 const char *store_loop_config(store_t *s, const char *key);
-/* Cached live upstreams, ordered by id. Valid until the next store_loop_refresh. */
+/* Cached live upstreams, ordered by id, counters current. Valid until control returns to the
+ * loop or the next store_loop_apply. */
 const store_upstream_list_t *store_loop_upstreams(store_t *s);
 /* Change counters of the loop's cache: config_generation moves whenever a cached config value
  * changed (in-process set or another process's write); upstreams_generation whenever the set
@@ -83,9 +119,23 @@ uint64_t store_loop_config_generation(const store_t *s);
 uint64_t store_loop_upstreams_generation(const store_t *s);
 /* Updates the cache now and queues the write. */
 void store_loop_config_set(store_t *s, const char *key, const char *value);
-/* Queues a row; takes ownership of r. */
+/* Queues a row; takes ownership of r. Past the queue bound the oldest queued row is dropped
+ * (counted in store_stats, logged at most once per 10 s). */
 void store_loop_record(store_t *s, store_record_t *r);
-/* Queues success_count+1 & last_call_success_time=now, or failed_count+1. */
+/* Counts success_count+1 & last_call_success_time=now, or failed_count+1, in the cache now;
+ * the writer folds them into one UPDATE per upstream per batch. */
 void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success);
+/* The bound on queued rows (config key records_queue_max, default 100000); at least 1. */
+void store_loop_set_records_queue_max(store_t *s, size_t max);
+
+/* Writer figures, for /metrics. Any thread. */
+typedef struct store_stats {
+    uint64_t queue_depth;   /* rows queued, not yet taken by the writer */
+    uint64_t dropped_total; /* rows dropped past the bound */
+    uint64_t written_total; /* rows committed */
+    /* Snapshots re-read because another connection committed (never the writer's own). */
+    uint64_t external_reloads;
+} store_stats_t;
+void store_stats(store_t *s, store_stats_t *out);
 
 #endif

@@ -1,7 +1,9 @@
 /* test_store.c: the store against temporary files: the GORM schema, upstream add/duplicate/
  * soft delete/revive/update, config, the loop cache and the writer thread (queued writes
- * visible after close and reopen), newest-first records across UTC offsets, and the in-place
- * migration of a database the Go program wrote. */
+ * visible after close and reopen), newest-first records across UTC offsets, the in-place
+ * migration of a database the Go program wrote, counters folded into one UPDATE per upstream,
+ * the queue bound dropping the oldest rows, no flip-back of queued bumps, and another
+ * process's write reaching a running loop through the async hand-over within 250 ms. */
 #include "route/store.h"
 
 #include <sqlite3.h>
@@ -187,11 +189,17 @@ static void test_config(void) {
     store_close(s);
 }
 
-/* Refreshes the loop cache until cond holds, for at most two seconds. */
+/* What another connection committed, into the loop's view now (no loop runs here; the
+ * server's poller does this every 100 ms). */
+static void cache_reload(store_t *s) {
+    store_loop_apply(s, store_snapshot_read(s));
+}
+
+/* Reloads the loop cache until cond holds, for at most two seconds. */
 #define EVENTUALLY(s, cond)                                                                        \
     do {                                                                                           \
         for (int tries_ = 0; tries_ < 200; tries_++) {                                             \
-            store_loop_refresh(s);                                                                 \
+            cache_reload(s);                                                                       \
             if (cond) break;                                                                       \
             usleep(10000);                                                                         \
         }                                                                                          \
@@ -206,17 +214,17 @@ static void test_loop_and_writer(void) {
     CHECK(store_add_upstream(s, "sk-l", "https://l/v1", &id) == STORE_OK);
     CHECK(store_config_set(s, "policy", "main") == STORE_OK);
 
-    /* Commits from other connections reach the cache on the next refresh. */
-    store_loop_refresh(s);
+    /* Commits from other connections reach the cache with the next snapshot. */
+    cache_reload(s);
     const store_upstream_list_t *ups = store_loop_upstreams(s);
     CHECK(ups->n == 1 && ups->items[0].id == id && strcmp(ups->items[0].sk, "sk-l") == 0);
     CHECK(store_loop_config(s, "policy") && strcmp(store_loop_config(s, "policy"), "main") == 0);
     CHECK(store_loop_config(s, "missing") == NULL);
     raw_exec(path, "INSERT INTO config_kvs (key, value) VALUES ('timeout', '5')");
-    store_loop_refresh(s);
+    cache_reload(s);
     CHECK(store_loop_config(s, "timeout") && strcmp(store_loop_config(s, "timeout"), "5") == 0);
 
-    /* A loop config write shows at once and is never undone by a refresh. */
+    /* A loop config write shows at once and is never undone by a snapshot. */
     store_loop_config_set(s, "policy", "round_robin");
     CHECK(strcmp(store_loop_config(s, "policy"), "round_robin") == 0);
     store_loop_config_set(s, "new_key", "1");
@@ -225,7 +233,7 @@ static void test_loop_and_writer(void) {
     store_loop_upstream_result(s, id, 1);
     store_loop_upstream_result(s, id, 0);
     for (int i = 0; i < 50; i++) {
-        store_loop_refresh(s);
+        cache_reload(s);
         CHECK(strcmp(store_loop_config(s, "policy"), "round_robin") == 0);
     }
     EVENTUALLY(s, store_loop_upstreams(s)->items[0].success_count == 2);
@@ -233,7 +241,7 @@ static void test_loop_and_writer(void) {
     CHECK(ups->items[0].failed_count == 1 && ups->items[0].has_last_success);
     CHECK(llabs(ups->items[0].last_call_success_time - util_now_wall_ns()) < 10LL * 1000000000);
 
-    /* Another process commits while the writer waits for the lock: the refresh that follows
+    /* Another process commits while the writer waits for the lock: the snapshot that follows
      * re-reads config_kvs before the loop's own write is in it. */
     sqlite3 *other;
     sqlite3_open(path, &other);
@@ -247,7 +255,7 @@ static void test_loop_and_writer(void) {
     usleep(20000);
     CHECK(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(other);
-    store_loop_refresh(s);
+    cache_reload(s);
     CHECK(strcmp(store_loop_config(s, "timeout"), "6") == 0);
     CHECK(strcmp(store_loop_config(s, "policy"), "random") == 0);
     CHECK(strcmp(store_loop_config(s, "other"), "y") == 0);
@@ -416,6 +424,235 @@ static void test_migration(void) {
                  "16") == 0);
 }
 
+/* ---- the writer: folding, the bound, no flip-back ---- */
+
+/* Holds the write lock from another connection, so the writer blocks in BEGIN IMMEDIATE. */
+static sqlite3 *hold_write_lock(const char *path) {
+    sqlite3 *db;
+    sqlite3_open(path, &db);
+    sqlite3_busy_timeout(db, 5000);
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        fprintf(stderr, "  lock: %s\n", sqlite3_errmsg(db));
+        CHECK(0);
+    }
+    return db;
+}
+
+static void release_write_lock(sqlite3 *db) {
+    CHECK(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static store_stats_t stats_of(store_t *s) {
+    store_stats_t st;
+    store_stats(s, &st);
+    return st;
+}
+
+/* Waits (two seconds at most) until the writer holds no queued row: it took them all. */
+static int queue_taken(store_t *s) {
+    for (int i = 0; i < 200; i++) {
+        if (stats_of(s).queue_depth == 0) return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+static void test_folding(void) {
+    char path[256], text[64];
+    db_path(path, sizeof path, "fold.sqlite");
+    store_t *s = open_ok(path);
+    int64_t a, b;
+    CHECK(store_add_upstream(s, "sk-a", "https://a/v1", &a) == STORE_OK);
+    CHECK(store_add_upstream(s, "sk-b", "https://b/v1", &b) == STORE_OK);
+    cache_reload(s);
+    CHECK(raw_exec(path, "CREATE TABLE upd_log (id integer);"
+                         "CREATE TRIGGER upd_count AFTER UPDATE ON openai_upstreams "
+                         "BEGIN INSERT INTO upd_log VALUES (new.id); END") == SQLITE_OK);
+    /* The writer is busy with a first row while 1000 results come in: they fold into one
+     * UPDATE per upstream in the next batch. */
+    sqlite3 *lock = hold_write_lock(path);
+    store_loop_record(s, store_record_new());
+    CHECK(queue_taken(s));
+    for (int i = 0; i < 1000; i++)
+        store_loop_upstream_result(s, i % 4 == 3 ? b : a, i % 10 != 9);
+    const store_upstream_list_t *ups = store_loop_upstreams(s);
+    CHECK(ups->n == 2 && ups->items[0].success_count == 700 && ups->items[0].failed_count == 50);
+    CHECK(ups->items[1].success_count == 200 && ups->items[1].failed_count == 50);
+    release_write_lock(lock);
+    store_close(s);
+    CHECK(strcmp(raw_text(path, "SELECT count(*) FROM upd_log", text, sizeof text), "2") == 0);
+    CHECK(strcmp(raw_text(path,
+                          "SELECT group_concat(success_count || '/' || failed_count) FROM "
+                          "(SELECT * FROM openai_upstreams ORDER BY id)",
+                          text, sizeof text),
+                 "700/50,200/50") == 0);
+    CHECK(raw_text(path, "SELECT last_call_success_time FROM openai_upstreams WHERE id=1", text,
+                   sizeof text)[0] == '2');
+    CHECK(strcmp(raw_text(path, "SELECT count(*) FROM records", text, sizeof text), "1") == 0);
+}
+
+static void test_bounded_drop(void) {
+    char path[256], text[64];
+    db_path(path, sizeof path, "drop.sqlite");
+    store_t *s = open_ok(path);
+    store_loop_set_records_queue_max(s, 100);
+    sqlite3 *lock = hold_write_lock(path);
+    store_record_t *first = store_record_new();
+    first->status = 1;
+    store_loop_record(s, first);
+    CHECK(queue_taken(s)); /* in the writer's hands: not queued, never dropped */
+    for (int i = 0; i < 1000; i++) {
+        store_record_t *r = store_record_new();
+        r->status = 1000 + i;
+        store_loop_record(s, r);
+        /* Never below the bound: nothing goes until the queue holds more than 100. */
+        if (i == 99) CHECK(stats_of(s).dropped_total == 0 && stats_of(s).queue_depth == 100);
+    }
+    store_stats_t st = stats_of(s);
+    CHECK(st.queue_depth == 100 && st.dropped_total == 900 && st.written_total == 0);
+    release_write_lock(lock);
+    store_close(s);
+    /* The first row, then the newest 100: the oldest queued ones were dropped. */
+    CHECK(strcmp(raw_text(path,
+                          "SELECT count(*) || ',' || min(status) || ',' || max(status) FROM "
+                          "records WHERE status >= 1000",
+                          text, sizeof text),
+                 "100,1900,1999") == 0);
+    CHECK(strcmp(raw_text(path, "SELECT count(*) FROM records WHERE status = 1", text, sizeof text),
+                 "1") == 0);
+}
+
+static void test_no_flip_back(void) {
+    char path[256], text[64];
+    db_path(path, sizeof path, "flip.sqlite");
+    store_t *s = open_ok(path);
+    int64_t a;
+    CHECK(store_add_upstream(s, "sk-a", "https://a/v1", &a) == STORE_OK);
+    cache_reload(s);
+    /* Bumps the writer cannot write yet survive any number of snapshots. */
+    sqlite3 *lock = hold_write_lock(path);
+    store_loop_record(s, store_record_new());
+    CHECK(queue_taken(s));
+    for (int i = 0; i < 5; i++)
+        store_loop_upstream_result(s, a, 1);
+    for (int i = 0; i < 3; i++) {
+        cache_reload(s);
+        CHECK(store_loop_upstreams(s)->items[0].success_count == 5);
+    }
+    release_write_lock(lock);
+    /* Interleaved with the writer committing: every snapshot shows exactly what was issued,
+     * never less (flip-back) nor more (counted twice). */
+    int64_t issued = 5, wrong = 0;
+    for (int i = 0; i < 300; i++) {
+        store_loop_upstream_result(s, a, 1);
+        issued++;
+        if (i % 3 == 0) cache_reload(s);
+        if (store_loop_upstreams(s)->items[0].success_count != issued) wrong++;
+        if (i % 50 == 0) usleep(2000);
+    }
+    CHECK(wrong == 0);
+    EVENTUALLY(
+        s, strcmp(raw_text(path, "SELECT success_count FROM openai_upstreams", text, sizeof text),
+                  "305") == 0);
+    cache_reload(s);
+    CHECK(store_loop_upstreams(s)->items[0].success_count == 305);
+    store_close(s);
+}
+
+/* ---- changes by another process, through the loop's async handle ---- */
+
+typedef struct watch {
+    store_t *s;
+    const char *path;
+    int64_t started_ns, seen_ns;
+    uint64_t config_gen, upstreams_gen;
+    int phase;
+    uv_timer_t timer;
+} watch_t;
+
+static void on_watch_tick(uv_timer_t *t) {
+    watch_t *w = t->data;
+    int64_t now = util_now_mono_ns();
+    const char *v = store_loop_config(w->s, "external");
+    if (w->phase == 0 && v && strcmp(v, "yes") == 0) {
+        w->seen_ns = now;
+        w->phase = 1;
+    }
+    if (w->phase == 1 || now - w->started_ns > 2000000000LL) uv_stop(t->loop);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void test_external_change_async(void) {
+    char path[256];
+    db_path(path, sizeof path, "async.sqlite");
+    store_t *s = open_ok(path);
+    int64_t a;
+    CHECK(store_add_upstream(s, "sk-a", "https://a/v1", &a) == STORE_OK);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    CHECK(store_attach_loop(s, &loop) == 0);
+    CHECK(store_loop_upstreams(s)->n == 1); /* attach reads what was written since open */
+
+    /* The writer's own commits (records, counters) trigger no re-read. Once the first poll has
+     * seen the add above: */
+    usleep(250000);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uint64_t reloads = stats_of(s).external_reloads;
+    uint64_t ugen = store_loop_upstreams_generation(s), cgen = store_loop_config_generation(s);
+    for (int i = 0; i < 500; i++) {
+        store_loop_record(s, store_record_new());
+        store_loop_upstream_result(s, a, 1);
+        if (i % 100 == 0) usleep(50000);
+    }
+    for (int i = 0; i < 200 && stats_of(s).written_total < 500; i++)
+        usleep(10000);
+    usleep(150000); /* more than a poll period after the last commit */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(stats_of(s).written_total == 500);
+    CHECK(stats_of(s).external_reloads == reloads);
+    CHECK(store_loop_upstreams_generation(s) == ugen && store_loop_config_generation(s) == cgen);
+    CHECK(store_loop_upstreams(s)->items[0].success_count == 500);
+
+    /* Another process's write, seen by the running loop within 250 ms. */
+    watch_t w = {.s = s, .path = path};
+    uv_timer_init(&loop, &w.timer);
+    w.timer.data = &w;
+    w.started_ns = util_now_mono_ns();
+    CHECK(raw_exec(path, "INSERT INTO config_kvs (key, value) VALUES ('external', 'yes')") ==
+          SQLITE_OK);
+    uv_timer_start(&w.timer, on_watch_tick, 1, 1);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(w.phase == 1);
+    double ms = (double)(w.seen_ns - w.started_ns) / 1e6;
+    printf("external -set seen by the loop after %.1f ms\n", ms);
+    CHECK(w.phase == 1 && ms < 250);
+    CHECK(store_loop_config_generation(s) != cgen);
+    CHECK(store_loop_upstreams_generation(s) == ugen);
+    CHECK(stats_of(s).external_reloads == reloads + 1);
+    /* Its counters as committed, and still all 500 bumps. */
+    CHECK(store_loop_upstreams(s)->items[0].success_count == 500);
+
+    /* An upstream added elsewhere moves the upstreams generation. */
+    CHECK(raw_exec(path, "INSERT INTO openai_upstreams (sk, endpoint, success_count, "
+                         "failed_count) VALUES ('sk-x', 'https://x/v1', 0, 0)") == SQLITE_OK);
+    for (int i = 0; i < 100 && store_loop_upstreams(s)->n != 2; i++) {
+        usleep(10000);
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    CHECK(store_loop_upstreams(s)->n == 2 && store_loop_upstreams_generation(s) != ugen);
+
+    store_detach_loop(s);
+    store_detach_loop(s); /* idempotent */
+    uv_walk(&loop, close_walk, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+    store_close(s);
+}
+
 int main(void) {
     setenv("TZ", "CST-8", 1);
     tzset();
@@ -426,6 +663,10 @@ int main(void) {
     test_loop_and_writer();
     test_record_order();
     test_migration();
+    test_folding();
+    test_bounded_drop();
+    test_no_flip_back();
+    test_external_change_async();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
