@@ -624,15 +624,53 @@ class Proxy:
                                  % (" ".join(cmd), cp.returncode, cp.stdout, cp.stderr))
         return cp
 
+    # A running server sees another process's change (-set, -add, a hand edit) within 250 ms
+    # (the spec), not on the very next request: the helpers below that change the database
+    # behind its back wait until it logged the change, so a test's next request sees it.
+    CHANGE_SEEN = "store: the database changed:"
+
+    def _changes_seen(self):
+        return self.stderr_text().count(self.CHANGE_SEEN)
+
+    def _wait_change_seen(self, before, what):
+        t0 = time.monotonic()
+        wait_until(lambda: self._changes_seen() > before, timeout=5.0, interval=0.01,
+                   message="the running server to see %s" % what)
+        return time.monotonic() - t0
+
+    def _config_value(self, key):
+        c = sqlite3.connect(str(self.db_path), timeout=10)
+        try:
+            row = c.execute("SELECT value FROM config_kvs WHERE key=? AND deleted_at IS NULL",
+                            (key,)).fetchone()
+            return row[0] if row else None
+        finally:
+            c.close()
+
+    def _changing(self, key, value):
+        """The count of changes seen so far, when a running server should see this one."""
+        if not self.alive() or (key is not None and self._config_value(key) == value):
+            return None
+        return self._changes_seen()
+
     def add_upstream(self, sk, endpoint):
-        return self.oneshot("-add", "-sk", sk, "-endpoint", endpoint, check=True)
+        before = self._changing(None, None)
+        cp = self.oneshot("-add", "-sk", sk, "-endpoint", endpoint, check=True)
+        if before is not None and "already exists" not in cp.stdout + cp.stderr:
+            self._wait_change_seen(before, "the upstream added")
+        return cp
 
     def set_config(self, key, value):
-        return self.oneshot("-set", "%s=%s" % (key, value), check=True)
+        before = self._changing(key, value)
+        cp = self.oneshot("-set", "%s=%s" % (key, value), check=True)
+        if before is not None:
+            self._wait_change_seen(before, "%s set" % key)
+        return cp
 
     def write_config_raw(self, key, value):
         """Writes a config_kvs row by hand, as an operator editing the file would: no
         validation, unlike -set."""
+        before = self._changing(key, value)
         c = sqlite3.connect(str(self.db_path), timeout=10)
         try:
             c.execute("INSERT INTO config_kvs (created_at, updated_at, key, value)"
@@ -642,6 +680,8 @@ class Proxy:
             c.commit()
         finally:
             c.close()
+        if before is not None:
+            self._wait_change_seen(before, "%s written" % key)
 
     # ---- lifecycle
     def start(self, timeout=START_TIMEOUT):
