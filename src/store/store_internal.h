@@ -113,8 +113,9 @@ struct store {
     sqlite3_stmt *w_record, *w_counts, *w_config, *w_begin, *w_commit, *w_rollback;
     sqlite3_stmt *w_version, *w_read_begin, *w_read_end, *w_sel_config, *w_sel_upstreams;
     int64_t data_version;
-    int wal_pages;         /* WAL frames after the writer's last commit (its wal hook) */
-    bump_table_t w_folded; /* the batch's bumps, swapped with queue_folded */
+    int wal_pages;            /* WAL frames after the writer's last commit (its wal hook) */
+    int wal_checkpoint_pages; /* a PASSIVE checkpoint past this many */
+    bump_table_t w_folded;    /* the batch's bumps, swapped with queue_folded */
     int64_t next_poll_ns, last_drop_log_ns;
     uint64_t dropped_logged;
 

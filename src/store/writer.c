@@ -9,7 +9,7 @@
  * (records_queue_max): past it the oldest rows go, counted and reported at most every 10 s.
  *
  * Owns: the writer connection, its statements and WAL checkpoints (its autocheckpoint is off:
- * a PASSIVE checkpoint past WAL_CHECKPOINT_PAGES, from this thread, after a commit), the queue,
+ * a PASSIVE checkpoint past WAL_CHECKPOINT_BYTES, from this thread, after a commit), the queue,
  * the committed figures snapshots are stamped with, the external-change poll.
  * Must not: let the loop wait on anything but a pointer swap under queue_mu, drop a row while
  * the queue is within its bound, lose a queued item on store_close, or log a key, a token or a
@@ -26,7 +26,7 @@
 
 #define WRITE_BATCH_MAX      4096
 #define WRITE_ATTEMPTS       3
-#define WAL_CHECKPOINT_PAGES 4096 /* 16 MiB of 4 KiB pages */
+#define WAL_CHECKPOINT_BYTES (16 << 20)
 #define DROP_LOG_NS          (10 * 1000000000LL)
 #define WRITER_CACHE_KIB     8192
 /* Commits at most this often, each with what accumulated meanwhile: at a moderate rate (a
@@ -165,6 +165,10 @@ int store_writer_prepare(store_t *s, const char *path, char **err) {
             store_set_err(err, s->writer_db);
             return -1;
         }
+    sqlite3_stmt *ps = store_query(s->writer_db, "PRAGMA page_size", "");
+    int page_size = ps && sqlite3_step(ps) == SQLITE_ROW ? sqlite3_column_int(ps, 0) : 4096;
+    sqlite3_finalize(ps);
+    s->wal_checkpoint_pages = WAL_CHECKPOINT_BYTES / (page_size > 0 ? page_size : 4096);
     if (sqlite3_step(s->w_version) == SQLITE_ROW)
         s->data_version = sqlite3_column_int64(s->w_version, 0);
     sqlite3_reset(s->w_version);
@@ -239,7 +243,6 @@ static int write_record(store_t *s, const store_record_t *r) {
                         r->prompt_tokens, r->completion_tokens, r->total_tokens,
                         r->response_time_ns, r->user_agent ?: "", r->error ?: "");
     if (rc == SQLITE_OK) rc = store_step_reset(st);
-    sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
@@ -329,7 +332,7 @@ static void finish_batch(store_t *s, batch_t *b) {
     if (!rc) s->written_total += b->n_records;
     pthread_mutex_unlock(&s->queue_mu);
 
-    if (s->wal_pages >= WAL_CHECKPOINT_PAGES) {
+    if (s->wal_pages >= s->wal_checkpoint_pages) {
         /* PASSIVE never waits on a reader; the next write restarts the WAL once it is all in
          * the database file. */
         sqlite3_wal_checkpoint_v2(s->writer_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);

@@ -262,6 +262,12 @@ static void test_loop_and_writer(void) {
 
     store_record_t *r = store_record_new();
     CHECK(r && strlen(r->id) == 36 && r->created_at > 0);
+    /* Time-ordered ids (UUIDv7): rows append to the primary key's index. */
+    CHECK(r->id[14] == '7' && strchr("89ab", r->id[19]));
+    usleep(2000);
+    store_record_t *later = store_record_new();
+    CHECK(later && strcmp(r->id, later->id) < 0);
+    store_record_free(later);
     char id_copy[37];
     strcpy(id_copy, r->id);
     r->ip = strdup("10.0.0.1");
