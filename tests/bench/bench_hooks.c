@@ -61,7 +61,8 @@ int main(void) {
     store_add_upstream(ctx.store, "sk-bench-aaaa", "http://127.0.0.1:9/v1", &id);
     store_add_upstream(ctx.store, "sk-bench-bbbb", "http://127.0.0.1:10/v1", &id);
     store_config_set(ctx.store, "authorization", "tok-bench-1,tok-bench-2");
-    store_loop_refresh(ctx.store);
+    /* No loop runs here: install what was just written (the poller would in 100 ms). */
+    store_loop_apply(ctx.store, store_snapshot_read(ctx.store));
     hooks_t *h = hooks_new(&ctx, dir, &err);
     if (!h) {
         fprintf(stderr, "hooks_new: %s\n", err);

@@ -382,11 +382,11 @@ static void test_upstream_cache(void) {
     /* A new upstream set builds new tables. */
     int64_t id;
     CHECK(store_add_upstream(ctx.store, "sk-eeee5555", "http://e.example/v1", &id) == STORE_OK);
-    store_loop_refresh(ctx.store);
+    cache_reload(ctx.store);
     pick(h, "same", out, sizeof out);
     CHECK(strncmp(out, "ERR:false ", 10) == 0);
     CHECK(store_delete_upstream(ctx.store, id) == STORE_OK);
-    store_loop_refresh(ctx.store);
+    cache_reload(ctx.store);
     hooks_free(h);
 }
 
