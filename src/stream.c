@@ -46,7 +46,7 @@ struct stream {
     tls_conn_t *tls;
     refbuf_t *rbuf; /* the block a read is landing in */
     size_t queued, high, low;
-    int above_high, reading, closing, shutting, tls_ready, is_client;
+    int above_high, reading, closing, shutting, tls_ready, is_client, connected;
     char err[256];
 };
 
@@ -174,6 +174,10 @@ void stream_peer_ip(stream_t *s, char *out, size_t cap) {
 void stream_set_watermarks(stream_t *s, size_t high, size_t low) {
     s->high = high;
     s->low = low;
+}
+
+int stream_connected(const stream_t *s) {
+    return s->connected;
 }
 
 size_t stream_pending(const stream_t *s) {
@@ -438,6 +442,7 @@ stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *
         stream_close(s);
         return NULL;
     }
+    s->connected = 1;
     uv_tcp_nodelay(&s->tcp, 1);
     stream_read_start(s);
     return s;
@@ -451,6 +456,7 @@ static void on_connect(uv_connect_t *cr, int status) {
         if (s->cb.on_open) s->cb.on_open(s, status);
         return;
     }
+    s->connected = 1;
     uv_tcp_nodelay(&s->tcp, 1);
     stream_read_start(s);
     if (!s->tls) {

@@ -56,6 +56,8 @@ void *stream_data(const stream_t *s);
 void stream_set_data(stream_t *s, void *data, const stream_callbacks_t *cb);
 /* The last error message ("certificate verify failed: ...", "connection reset"...). */
 const char *stream_error(const stream_t *s);
+/* 1 once the TCP connection is up (a failed on_open with this set failed in TLS). */
+int stream_connected(const stream_t *s);
 /* The peer's address as text ("" when unknown). */
 void stream_peer_ip(stream_t *s, char *out, size_t cap);
 
