@@ -229,6 +229,7 @@ static void head_list_remove(server_conn_t *c) {
 static void conn_write_failed(server_conn_t *c) {
     head_list_remove(c);
     c->write_failed = 1;
+    stream_read_stop(c->stream); /* nothing more is parsed or dispatched on it */
     uv_timer_start(&c->timer, on_conn_timer, 0, 0);
 }
 
@@ -363,8 +364,9 @@ void http_response_end(http_request_t *req) {
 void http_response_abort(http_request_t *req) {
     server_conn_t *c = req->conn;
     if (!c || req->response_done) return;
-    head_list_remove(c); /* a head that never left: the client sees the close alone */
-    c->head.len = 0;
+    /* A head still waiting leaves first: the client sees the response begin, then the close
+     * (no terminating chunk, or fewer bytes than Content-Length), and knows it is truncated. */
+    if (c->head_waiting) conn_send(c, NULL, 0, NULL);
     conn_request_finished(c, req, 1);
 }
 
@@ -552,7 +554,8 @@ static void conn_resume_reading(server_conn_t *c) {
 static void conn_process(server_conn_t *c) {
     if (c->processing) return;
     c->processing = 1;
-    while (!c->active && !c->closing && !c->shut_down && c->pending_off < c->pending.len) {
+    while (!c->active && !c->closing && !c->shut_down && !c->write_failed &&
+           c->pending_off < c->pending.len) {
         http_request_t *done;
         c->pending_off +=
             conn_parse(c, c->pending.data + c->pending_off, c->pending.len - c->pending_off, &done);
@@ -560,9 +563,8 @@ static void conn_process(server_conn_t *c) {
     }
     if (c->pending_off >= c->pending.len) c->pending.len = c->pending_off = 0;
     c->processing = 0;
-    if (c->closing || c->shut_down) return;
-    if (!c->active && !c->reading && !c->write_failed)
-        uv_timer_start(&c->timer, on_conn_timer, KEEPALIVE_IDLE_MS, 0);
+    if (c->closing || c->shut_down || c->write_failed) return;
+    if (!c->active && !c->reading) uv_timer_start(&c->timer, on_conn_timer, KEEPALIVE_IDLE_MS, 0);
     conn_resume_reading(c);
 }
 
@@ -579,6 +581,7 @@ static void pending_append(server_conn_t *c, const char *data, size_t len) {
 
 /* Request bytes, decrypted if need be. */
 static void conn_on_bytes(server_conn_t *c, const char *data, size_t len) {
+    if (c->write_failed) return;
     if (c->active || c->pending_off < c->pending.len) {
         pending_append(c, data, len);
         if (c->closing) return;
