@@ -4,7 +4,8 @@
  * keep-alive idle), keep-alive and pipelining (one request handled at a time per connection,
  * later bytes held until its response ends), response framing (Content-Length, chunked or
  * close-delimited) with the head leaving in the same write as the first body bytes, the
- * request object and its accessors, and handing complete requests to the router.
+ * request and connection objects (recycled up to a ceiling) and the request accessors, and
+ * handing complete requests to the router.
  * Must not: know which handler answers which path (router.c), touch sockets or TLS directly
  * (stream.c), accept connections (listener.c), or block. */
 #include <stdio.h>
@@ -20,8 +21,9 @@
 #define BODY_IDLE_MS      (60 * 1000)
 #define KEEPALIVE_IDLE_MS (75 * 1000)
 /* Pipelined bytes held while a request is handled; past this we stop reading. */
-#define PENDING_CAP   (256 * 1024)
-#define FREE_REQS_MAX 256
+#define PENDING_CAP    (256 * 1024)
+#define FREE_REQS_MAX  256
+#define FREE_CONNS_MAX 64
 /* Head buffer memory a connection keeps between responses. */
 #define HEAD_KEEP (16 * 1024)
 
@@ -640,6 +642,35 @@ static void on_conn_timer(uv_timer_t *t) {
     conn_close(c);
 }
 
+static void conn_free(server_conn_t *c) {
+    http_headers_free(&c->hh);
+    buf_free(&c->pending);
+    buf_free(&c->url);
+    buf_free(&c->head);
+    free(c);
+}
+
+/* A recycled connection keeps its buffers' memory (up to small caps), nothing else. */
+static server_conn_t *conn_get(server_t *srv) {
+    server_conn_t *c = srv->free_conns;
+    if (!c) return calloc(1, sizeof(*c));
+    srv->free_conns = c->next;
+    srv->n_free_conns--;
+    http_headers_t hh = c->hh;
+    buf_t pending = c->pending, url = c->url, head = c->head;
+    if (pending.cap > PENDING_CAP) buf_free(&pending);
+    if (url.cap > 4096) buf_free(&url);
+    if (hh.name.cap > 4096) buf_free(&hh.name);
+    if (hh.value.cap > 4096) buf_free(&hh.value);
+    memset(c, 0, sizeof(*c));
+    pending.len = url.len = head.len = 0;
+    c->hh = hh;
+    c->pending = pending;
+    c->url = url;
+    c->head = head;
+    return c;
+}
+
 static void on_conn_closed(uv_handle_t *h) {
     server_conn_t *c = h->data;
     server_t *srv = c->srv;
@@ -650,11 +681,13 @@ static void on_conn_closed(uv_handle_t *h) {
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
     if (c->reading) http_request_release(c->reading);
-    http_headers_free(&c->hh);
-    buf_free(&c->pending);
-    buf_free(&c->url);
-    buf_free(&c->head);
-    free(c);
+    if (srv->n_free_conns < FREE_CONNS_MAX && !srv->ctx->shutting_down) {
+        c->next = srv->free_conns;
+        srv->free_conns = c;
+        srv->n_free_conns++;
+        return;
+    }
+    conn_free(c);
 }
 
 static void conn_close(server_conn_t *c) {
@@ -676,13 +709,13 @@ static void conn_close(server_conn_t *c) {
 }
 
 void http1_accept(server_t *srv) {
-    server_conn_t *c = calloc(1, sizeof(*c));
+    server_conn_t *c = conn_get(srv);
     if (!c) return;
     c->srv = srv;
     c->stream = stream_accept(srv->env, (uv_stream_t *)&srv->listener, srv->ctx->tls_server,
                               &conn_stream_events, c);
     if (!c->stream) {
-        free(c);
+        conn_free(c);
         return;
     }
     uv_timer_init(srv->ctx->loop, &c->timer);
@@ -699,7 +732,8 @@ void http1_accept(server_t *srv) {
     }
     stream_set_watermarks(c->stream, HTTP_WRITE_HIGH_WATER, HTTP_WRITE_LOW_WATER);
     stream_peer_ip(c->stream, c->client_ip, sizeof(c->client_ip));
-    http_headers_init(&c->hh, HTTP_MAX_HEADER_BYTES, 0, 1);
+    c->hh.max_bytes = HTTP_MAX_HEADER_BYTES;
+    c->hh.strict_names = 1;
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     uv_timer_start(&c->timer, on_conn_timer, SLOW_HEADERS_MS, 0);
@@ -729,6 +763,12 @@ void http1_server_release(server_t *srv) {
         free(req);
     }
     srv->n_free_reqs = 0;
+    while (srv->free_conns) {
+        server_conn_t *c = srv->free_conns;
+        srv->free_conns = c->next;
+        conn_free(c);
+    }
+    srv->n_free_conns = 0;
 }
 
 void http1_close_idle(server_t *srv) {

@@ -27,6 +27,8 @@ struct server {
     server_conn_t *heads_waiting;
     http_request_t *free_reqs; /* recycled request objects, up to a ceiling */
     size_t n_free_reqs;
+    server_conn_t *free_conns; /* recycled connection objects, up to a ceiling */
+    size_t n_free_conns;
 };
 
 struct http_request {

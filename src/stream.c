@@ -5,7 +5,8 @@
  * and tls.c, read blocks (refcounted, recycled when nobody kept them), writes (tried on the
  * socket at once, queued only for what the kernel did not take), the pending-bytes count with
  * its high/low-water event, read pause/resume, shutdown and close. Free lists with ceilings
- * for read blocks and write requests, so streaming allocates nothing per chunk.
+ * for read blocks, write requests and stream objects, so streaming allocates nothing per
+ * chunk.
  * Must not: know about HTTP, interpret the bytes, or block. */
 #include "route/stream.h"
 
@@ -13,8 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FREE_BUFS_MAX   16
-#define FREE_WRITES_MAX 1024
+#define FREE_BUFS_MAX    16
+#define FREE_WRITES_MAX  1024
+#define FREE_STREAMS_MAX 64
 /* Scratch memory a recycled write request may keep. */
 #define WRITE_KEEP_BYTES (64 * 1024)
 
@@ -34,6 +36,8 @@ struct stream_env {
     size_t n_free_bufs;
     stream_write_req_t *free_writes;
     size_t n_free_writes;
+    stream_t *free_streams; /* closed streams, linked through data */
+    size_t n_free_streams;
 };
 
 struct stream {
@@ -62,6 +66,11 @@ void stream_env_free(stream_env_t *env) {
     if (!env) return;
     for (size_t i = 0; i < env->n_free_bufs; i++)
         refbuf_release(env->free_bufs[i]);
+    while (env->free_streams) {
+        stream_t *s = env->free_streams;
+        env->free_streams = s->data;
+        free(s);
+    }
     while (env->free_writes) {
         stream_write_req_t *w = env->free_writes;
         env->free_writes = w->next_free;
@@ -118,10 +127,15 @@ static void write_put(stream_env_t *env, stream_write_req_t *w) {
 
 /* ---------------------------------------------------------------- lifetime */
 
-static stream_t *stream_new(stream_env_t *env, tls_config_t *tls, const stream_callbacks_t *cb,
-                            void *data) {
-    stream_t *s = calloc(1, sizeof(*s));
-    if (!s) return NULL;
+static stream_t *stream_new(stream_env_t *env, const stream_callbacks_t *cb, void *data) {
+    stream_t *s = env->free_streams;
+    if (s) {
+        env->free_streams = s->data;
+        env->n_free_streams--;
+        memset(s, 0, sizeof(*s));
+    } else if (!(s = calloc(1, sizeof(*s)))) {
+        return NULL;
+    }
     s->env = env;
     s->cb = *cb;
     s->data = data;
@@ -129,15 +143,21 @@ static stream_t *stream_new(stream_env_t *env, tls_config_t *tls, const stream_c
     s->low = 256 * 1024;
     uv_tcp_init(env->loop, &s->tcp);
     s->tcp.data = s;
-    (void)tls;
     return s;
 }
 
 static void on_closed(uv_handle_t *h) {
     stream_t *s = h->data;
-    buf_recycle(s->env, s->rbuf);
+    stream_env_t *env = s->env;
+    buf_recycle(env, s->rbuf);
     tls_conn_free(s->tls);
-    free(s);
+    if (env->n_free_streams >= FREE_STREAMS_MAX) {
+        free(s);
+        return;
+    }
+    s->data = env->free_streams;
+    env->free_streams = s;
+    env->n_free_streams++;
 }
 
 void stream_close(stream_t *s) {
@@ -435,7 +455,7 @@ void stream_read_stop(stream_t *s) {
 
 stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *tls,
                         const stream_callbacks_t *cb, void *data) {
-    stream_t *s = stream_new(env, tls, cb, data);
+    stream_t *s = stream_new(env, cb, data);
     if (!s) return NULL;
     if (uv_accept(listener, (uv_stream_t *)&s->tcp) != 0 ||
         (tls && !(s->tls = tls_conn_new(tls, NULL, NULL)))) {
@@ -474,7 +494,7 @@ stream_t *stream_connect(stream_env_t *env, const struct sockaddr *addr, tls_con
                          const char *hostname, tls_resume_t **resume, const stream_callbacks_t *cb,
                          void *data, int *err_status) {
     *err_status = 0;
-    stream_t *s = stream_new(env, tls, cb, data);
+    stream_t *s = stream_new(env, cb, data);
     if (!s) {
         *err_status = UV_ENOMEM;
         return NULL;
