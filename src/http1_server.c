@@ -7,7 +7,7 @@
  * request and connection objects (recycled up to a ceiling) and the request accessors, and
  * handing complete requests to the router.
  * Must not: know which handler answers which path (router.c), touch sockets or TLS directly
- * (stream.c), accept connections (listener.c), or block. */
+ * (stream.c), accept or refuse connections (listener.c), or block. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +15,6 @@
 
 #include "http_headers.h"
 #include "http_internal.h"
-#include "route/config.h"
 
 #define SLOW_HEADERS_MS   (30 * 1000)
 #define BODY_IDLE_MS      (60 * 1000)
@@ -708,28 +707,25 @@ static void conn_close(server_conn_t *c) {
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
-void http1_accept(server_t *srv) {
+const stream_callbacks_t *http1_stream_callbacks(void) {
+    return &conn_stream_events;
+}
+
+void http1_conn_start(server_t *srv, stream_t *stream) {
     server_conn_t *c = conn_get(srv);
-    if (!c) return;
-    c->srv = srv;
-    c->stream = stream_accept(srv->env, (uv_stream_t *)&srv->listener, srv->ctx->tls_server,
-                              &conn_stream_events, c);
-    if (!c->stream) {
-        conn_free(c);
+    if (!c) {
+        stream_close(stream);
         return;
     }
+    c->srv = srv;
+    c->stream = stream;
+    stream_set_data(stream, c, NULL);
     uv_timer_init(srv->ctx->loop, &c->timer);
     c->timer.data = c;
     c->next = srv->conns;
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
-    int64_t limit = config_current(srv->ctx)->max_connections;
-    if (srv->n_conns > (size_t)limit) {
-        route_log(LOG_WARN, "connection limit %lld reached, refusing a client", (long long)limit);
-        conn_close(c);
-        return;
-    }
     stream_set_watermarks(c->stream, HTTP_WRITE_HIGH_WATER, HTTP_WRITE_LOW_WATER);
     stream_peer_ip(c->stream, c->client_ip, sizeof(c->client_ip));
     c->hh.max_bytes = HTTP_MAX_HEADER_BYTES;

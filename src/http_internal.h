@@ -63,7 +63,10 @@ struct http_request {
 /* http1_server.c, for the listener. */
 void http1_server_init(server_t *srv);
 void http1_server_release(server_t *srv); /* free lists */
-void http1_accept(server_t *srv);
+/* The callbacks an accepted stream starts with; http1_conn_start attaches the connection
+ * before the loop can deliver anything. */
+const stream_callbacks_t *http1_stream_callbacks(void);
+void http1_conn_start(server_t *srv, stream_t *stream);
 /* Closes connections with nothing to finish (no request being read or answered). */
 void http1_close_idle(server_t *srv);
 void http1_close_all(server_t *srv);

@@ -1,9 +1,8 @@
 /* listener.c: the listening socket of one event loop.
  *
- * Owns: binding (address, name or the IPv6/IPv4 fallback), accepting (the connection limit
- * is applied per connection by http1_server.c from config_current(ctx)->max_connections),
- * stopping accepting at shutdown, the counts of connections and active requests, and the
- * server's lifetime.
+ * Owns: binding (address, name or the IPv6/IPv4 fallback), accepting (TLS set up through
+ * stream.c), refusing past config_current(ctx)->max_connections, stopping accepting at
+ * shutdown, the counts of connections and active requests, and the server's lifetime.
  * Must not: parse HTTP (http1_server.c), know any handler (router.c holds them), or block
  * once the loop runs (the one name lookup happens at start-up, before anything else runs). */
 #include <netdb.h>
@@ -12,6 +11,7 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "route/config.h"
 #include "route/server.h"
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -20,7 +20,16 @@ static void on_connection(uv_stream_t *listener, int status) {
         route_log(LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
-    http1_accept(srv);
+    stream_t *s =
+        stream_accept(srv->env, listener, srv->ctx->tls_server, http1_stream_callbacks(), NULL);
+    if (!s) return;
+    int64_t limit = config_current(srv->ctx)->max_connections;
+    if (srv->n_conns >= (size_t)limit) {
+        route_log(LOG_WARN, "connection limit %lld reached, refusing a client", (long long)limit);
+        stream_close(s);
+        return;
+    }
+    http1_conn_start(srv, s);
 }
 
 static int listen_on(server_t *srv, const struct sockaddr *addr) {
