@@ -1,11 +1,13 @@
 """The transport and the HTTP core's shared policy: the connection limit (max_connections),
-the router's answers for OPTIONS and unknown paths, and many responses on one keep-alive
+the router's answers for OPTIONS and unknown paths, a response head that leaves before its
+first body bytes exist (it waits for them only within one loop iteration), and many responses on one keep-alive
 connection through the recycled connection, request and write objects."""
 
 import json
+import threading
 
 from conftest import UPSTREAM_SK
-from mock_upstream import Json
+from mock_upstream import Json, Sse
 from routetest import RawConn, assert_cors, assert_error_shape, wait_until
 
 CHAT = "/v1/chat/completions"
@@ -74,3 +76,20 @@ def test_many_responses_on_one_connection(proxy, mock):
         c.send(one)
         for i in range(10):
             assert c.read_response(method="OPTIONS").status == 200
+
+
+def test_head_does_not_wait_for_the_first_event(proxy, mock):
+    gate = threading.Event()
+    ev = Sse([{"choices": [{"delta": {"content": "late"}}]}], gates={0: gate})
+    mock.set(CHAT, ev)
+    req = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with proxy.connect(timeout=10) as c:
+        c.send(proxy.raw_request("POST", CHAT, req))
+        try:
+            head = c.read_head(timeout=5)  # the upstream holds its first event until the gate
+            assert head.status == 200, head
+            assert not ev.sent[0].is_set()
+        finally:
+            gate.set()
+        body = head.reader.read_all(timeout=10)
+    assert b"late" in body and b"[DONE]" in body, body
