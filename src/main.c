@@ -9,12 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "route/admin.h"
 #include "route/cli.h"
 #include "route/config.h"
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
+#include "route/proxy.h"
 #include "route/reload.h"
+#include "route/router.h"
 #include "route/server.h"
 #include "route/store.h"
 #include "route/tls.h"
@@ -136,6 +139,7 @@ int main(int argc, char **argv) {
     ctx->config = config_state_new();
     ctx->metrics = metrics_new();
     ctx->pool = upstream_pool_new(ctx);
+    router_t *router = NULL;
     ctx->tls_client = tls_client_config_new(opts.ca_file, &err);
     if (!ctx->tls_client) {
         /* Without -ca-file a machine with no CA bundle can still proxy to http:// upstreams;
@@ -175,7 +179,15 @@ int main(int argc, char **argv) {
     }
     ctx->reloader = reloader_new(ctx, opts.scripts);
     char msg[256];
-    if (server_start(ctx, msg, sizeof(msg)) != 0) {
+    router = router_new();
+    if (!router || router_add(router, "/v1", ROUTER_PREFIX, proxy_handle) != 0 ||
+        router_add(router, "/admin", ROUTER_PREFIX, admin_handle) != 0 ||
+        router_add(router, "/metrics", ROUTER_EXACT, metrics_handle) != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit_code = 1;
+        goto out;
+    }
+    if (server_start(ctx, router, msg, sizeof(msg)) != 0) {
         fprintf(stderr, "%s\n", msg);
         exit_code = 1;
         goto out;
@@ -203,6 +215,7 @@ out:
     if (ctx->hooks) hooks_free(ctx->hooks);
     upstream_pool_free(ctx->pool);
     server_free(ctx);
+    router_free(router);
     metrics_free(ctx->metrics);
     tls_config_free(ctx->tls_client);
     tls_config_free(ctx->tls_server);

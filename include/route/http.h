@@ -22,41 +22,13 @@ typedef struct route_header {
 typedef struct http_request http_request_t;
 typedef void (*http_request_cb)(http_request_t *req);
 
-struct http_request {
-    arena_t arena; /* request-scoped memory, freed with the request */
-    unsigned refs;
-    struct server_conn *conn; /* NULL once the client is gone */
-    struct route_ctx *ctx;
-
-    int method;              /* llhttp_method_t */
-    const char *method_name; /* "POST" */
-    char *target;            /* as received */
-    char *path;              /* target before '?', not decoded */
-    char *query;             /* after '?', or NULL */
-    int http_major, http_minor;
-    route_header_t *headers;
-    size_t n_headers;
-    buf_t body;
-    int keep_alive;
-    char client_ip[64];
-    int64_t start_mono_ns, start_wall_ns;
-
-    /* Response state, kept by server.c. */
-    int response_started, response_done, response_chunked, response_close;
-    int status;
-
-    /* Set by the handler. on_abort: the client went away before http_response_end.
-     * on_drain: the write queue fell below HTTP_WRITE_LOW_WATER after being above it. */
-    void *handler_data;
-    http_request_cb on_abort;
-    http_request_cb on_drain;
-};
+/* Opaque: the HTTP core's private struct (src/http_internal.h). */
 
 #define HTTP_WRITE_HIGH_WATER (1024 * 1024)
 #define HTTP_WRITE_LOW_WATER  (256 * 1024)
 
-/* Accessors: handlers read a request only through these (the struct becomes private to the
- * HTTP core). Strings stay valid for the request's life. */
+/* Accessors: handlers read a request only through these. Strings stay valid for the
+ * request's life. */
 struct route_ctx *http_request_ctx(const http_request_t *req);
 arena_t *http_request_arena(http_request_t *req);
 const char *http_request_method(const http_request_t *req); /* "POST" */
@@ -70,7 +42,9 @@ int64_t http_request_start_mono_ns(const http_request_t *req);
 int64_t http_request_start_wall_ns(const http_request_t *req);
 /* 0 once the client connection is gone. */
 int http_request_client_connected(const http_request_t *req);
-/* The handler's state and its two events (see on_abort/on_drain above); NULLs detach. */
+/* The handler's state and its two events; NULLs detach. on_abort: the client went away
+ * before http_response_end. on_drain: the bytes queued to the client fell below
+ * HTTP_WRITE_LOW_WATER after being above HTTP_WRITE_HIGH_WATER. */
 void http_request_set_handler(http_request_t *req, void *data, http_request_cb on_abort,
                               http_request_cb on_drain);
 void *http_request_handler_data(const http_request_t *req);

@@ -4,9 +4,11 @@
 
 #include "route/ctx.h"
 #include "route/http.h"
+#include "route/router.h"
 
-/* Binds and listens on opts->addr. Returns 0, or -1 with a message in err. */
-int server_start(route_ctx_t *ctx, char *err, size_t err_cap);
+/* Binds and listens on opts->addr; complete requests go to router (which must outlive the
+ * server). Returns 0, or -1 with a message in err. */
+int server_start(route_ctx_t *ctx, const router_t *router, char *err, size_t err_cap);
 /* Stops accepting; idle keep-alive connections close, active ones finish. */
 void server_stop_accepting(route_ctx_t *ctx);
 /* Number of requests being handled now. */

@@ -1,7 +1,8 @@
 /* tls.h: TLS with mbedTLS over libuv streams, as a pure byte transformer: ciphertext from the
  * socket goes in with tls_feed, plaintext comes out of tls_read; plaintext goes in with
  * tls_write and ciphertext waits in tls_pending_out for the caller to write. No socket I/O
- * happens here, so nothing here can block. */
+ * happens here, so nothing here can block. stream.c is the one caller on the proxy's path
+ * (both the listener's and the upstreams' connections). */
 #ifndef ROUTE_TLS_H
 #define ROUTE_TLS_H
 

@@ -14,6 +14,8 @@
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/http.h"
+/* The fixture builds a request without a connection: it needs the HTTP core's struct. */
+#include "../../src/http_internal.h"
 #include "route/lua_api.h"
 #include "route/records.h"
 #include "route/store.h"

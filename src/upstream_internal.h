@@ -1,0 +1,93 @@
+/* upstream_internal.h (private to upstream_pool.c, http1_client.c, webhook.c): the pool,
+ * connection and request structs and the calls between the pool (connections, DNS, connect)
+ * and the HTTP/1 client (one exchange on a connection). */
+#ifndef ROUTE_UPSTREAM_INTERNAL_H
+#define ROUTE_UPSTREAM_INTERNAL_H
+
+#include <llhttp.h>
+
+#include "http_headers.h"
+#include "route/stream.h"
+#include "route/upstream.h"
+
+typedef struct upstream_conn upstream_conn_t;
+
+typedef struct origin {
+    char *key;
+    tls_resume_t *resume;  /* the last TLS session, offered by the next connection */
+    upstream_conn_t *idle; /* most recently used first */
+    size_t n_idle;
+    struct origin *next;
+} origin_t;
+
+struct upstream_pool {
+    route_ctx_t *ctx;
+    stream_env_t *env;
+    origin_t *origins;
+    llhttp_settings_t settings;
+    size_t n_idle;
+    upstream_req_t *free_reqs; /* recycled request objects, up to a ceiling */
+    size_t n_free_reqs;
+};
+
+struct upstream_conn {
+    upstream_pool_t *pool;
+    origin_t *origin;
+    stream_t *stream;
+    uv_timer_t idle_timer;
+    llhttp_t parser;
+    refbuf_t *cur_ref; /* the block the parser is reading now */
+    upstream_req_t *req;
+    upstream_conn_t *idle_next, *idle_prev;
+    int in_pool, closing;
+    unsigned uses;
+};
+
+enum upstream_phase { PHASE_CONNECT, PHASE_HEADERS, PHASE_BODY };
+
+struct upstream_req {
+    upstream_pool_t *pool;
+    upstream_conn_t *conn;
+    upstream_request_opts_t opts;
+    upstream_callbacks_t cb;
+    void *ud;
+    origin_t *origin;
+
+    uv_getaddrinfo_t dns;
+    struct addrinfo *addrs, *next_addr;
+    uv_timer_t timer;
+    buf_t head; /* request line, the caller's header lines, CRLF; kept across recycling */
+
+    arena_t arena; /* response headers */
+    http_headers_t hh;
+
+    enum upstream_phase phase;
+    int ops; /* outstanding libuv callbacks that reference this request */
+    int finished, paused, retried, got_byte, message_done, informational;
+    int deferred_kind, dns_pending;
+    const char *deferred_msg;
+    upstream_req_t *next_free;
+};
+
+/* upstream_pool.c */
+origin_t *upstream_origin_get(upstream_pool_t *pool, const upstream_url_t *url);
+upstream_conn_t *upstream_conn_take_idle(origin_t *o);
+/* Back to its origin's idle list, or closed when it cannot be reused. */
+void upstream_conn_put(upstream_conn_t *c);
+void upstream_conn_close(upstream_conn_t *c);
+/* Resolves (once per request) and connects, trying each address; ends in
+ * http1_client_connected or http1_client_fail. */
+void upstream_connect_start(upstream_req_t *r);
+upstream_req_t *upstream_req_alloc(upstream_pool_t *pool);
+void upstream_req_recycle(upstream_pool_t *pool, upstream_req_t *r);
+
+/* http1_client.c */
+void http1_client_connected(upstream_req_t *r);
+void http1_client_fail(upstream_req_t *r, int kind, const char *message);
+/* Fails from the next loop iteration (the API promises no callback from inside a call). */
+void http1_client_fail_later(upstream_req_t *r, int kind, const char *message);
+void http1_client_on_read(upstream_conn_t *c, ssize_t nread, const char *data, refbuf_t *ref);
+void http1_client_on_write_error(upstream_conn_t *c, const char *message);
+void http1_client_settings(llhttp_settings_t *settings);
+
+#endif
