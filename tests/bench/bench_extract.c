@@ -263,8 +263,12 @@ static size_t run_extract_json(const text_t *in, sink_t *s) {
 
 typedef size_t (*case_fn)(const text_t *in, sink_t *s);
 
+/* Set from argv[1]: only the case of that name runs (e.g. under perf record). */
+static const char *only;
+
 static void bench(const char *name, case_fn fn, const text_t *in, size_t events, size_t read,
                   size_t expect) {
+    if (only && strcmp(name, only) != 0) return;
     sink_t s = {0};
     size_t got = fn(in, &s); /* warm-up, and a check that the case did its work */
     if (expect && got != expect) {
@@ -296,7 +300,8 @@ static void bench(const char *name, case_fn fn, const text_t *in, size_t events,
     fflush(stdout);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    only = argc > 1 ? argv[1] : NULL;
     text_t stream = make_stream(), body = make_json_body(), request = make_request();
     sink_t s = {0};
     size_t events = run_frame(&stream, &s);
