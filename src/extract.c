@@ -523,8 +523,10 @@ static void rec_hole(scan_t *s, const unsigned char *start, int is_num, int role
     rec_t *r = s->rec;
     if (!r) return;
     if (role != ROLE_INERT) rec_drop_role(s, role);
-    if (r->n == TEMPLATE_MAX_HOLES) {
-        /* A missing inert hole only makes the template stricter; a missing role is fatal. */
+    /* A missing inert hole only makes the template stricter, a missing role makes it
+     * useless: the last slots are kept for roles. */
+    if (r->n == TEMPLATE_MAX_HOLES ||
+        (role == ROLE_INERT && r->n >= TEMPLATE_MAX_HOLES - ROLE_COUNT)) {
         if (role != ROLE_INERT) r->lost = 1;
         return;
     }
