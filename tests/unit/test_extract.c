@@ -670,15 +670,20 @@ static void test_fast_keys_in_strings(void) {
 /* A hole that changes type, a literal that changes, a key that changes: the scanner decides. */
 static void test_fast_shape_changes(void) {
     /* OCHUNK's id becomes a number, its content null, then back. */
-    static const char types[] = OCHUNK("a", "") OCHUNK(
-        "b", "") "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
-                 "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
-                 "\"delta\":{\"content\":\"c\"},\"logprobs\":null,\"finish_reason\":null}],"
-                 "\"usage\":null}\n\n"
-                 "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
-                 "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
-                 "\"delta\":{\"content\":null},\"logprobs\":null,\"finish_reason\":null}],"
-                 "\"usage\":null}\n\n" OCHUNK("d", "");
+    /* clang-format off */
+    static const char types[] =
+        OCHUNK("a", "")
+        OCHUNK("b", "")
+        "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
+        "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"c\"},\"logprobs\":null,\"finish_reason\":null}],"
+        "\"usage\":null}\n\n"
+        "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
+        "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":null},\"logprobs\":null,\"finish_reason\":null}],"
+        "\"usage\":null}\n\n"
+        OCHUNK("d", "");
+    /* clang-format on */
     fast_case("types", types, "abcd", 1);
     /* Numbers: longer, shorter, a real, a sign; the template learns each new shape. */
     static const char nums[] =
@@ -714,39 +719,27 @@ static void test_fast_shape_changes(void) {
     "\"content\":\"" content "\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null"
 
 static void test_fast_malformed(void) {
+    /* clang-format off */
     static const char body[] =
         /* the template */
-        "data: " OBODY(
-            "a") "}\n\n"
-                 /* bad strings in the content hole */
-                 "data: " OBODY(
-                     "B\x80") "}\n\n"
-                              "data: " OBODY(
-                                  "B\\x") "}\n\n"
-                                          "data: " OBODY(
-                                              "B\x01") "}\n\n"
-                                                       "data: " OBODY(
-                                                           "B\\ud800") "}\n\n"
-                                                                       "data: " OBODY(
-                                                                           "B\\u0000") "}\n\n"
-                                                                                       "data:"
-                                                                                       " " OBODY(
-                                                                                           "B\\") "}\n\n"
-                                                                                                  /* cut, one brace too many, trailing bytes */
-                                                                                                  "data: " OBODY(
-                                                                                                      "B") "\n\n"
-                                                                                                           "data: " OBODY(
-                                                                                                               "B") "}}\n\n"
-                                                                                                                    "data: " OBODY(
-                                                                                                                        "B") "} x\n\n"
-                                                                                                                             /* still the template */
-                                                                                                                             "data: " OBODY(
-                                                                                                                                 "b") "}\n\n"
-                                                                                                                                      /* a second, empty data line: a '\n' at the end, valid but another shape */
-                                                                                                                                      "data: " OBODY(
-                                                                                                                                          "c") "}\ndata: \n\n"
-                                                                                                                                               "data: " OBODY(
-                                                                                                                                                   "d") "}\n\n";
+        "data: " OBODY("a") "}\n\n"
+        /* bad strings in the content hole */
+        "data: " OBODY("B\x80") "}\n\n"
+        "data: " OBODY("B\\x") "}\n\n"
+        "data: " OBODY("B\x01") "}\n\n"
+        "data: " OBODY("B\\ud800") "}\n\n"
+        "data: " OBODY("B\\u0000") "}\n\n"
+        "data: " OBODY("B\\") "}\n\n"
+        /* cut, one brace too many, trailing bytes */
+        "data: " OBODY("B") "\n\n"
+        "data: " OBODY("B") "}}\n\n"
+        "data: " OBODY("B") "} x\n\n"
+        /* still the template */
+        "data: " OBODY("b") "}\n\n"
+        /* a second, empty data line: a '\n' at the end, valid but another shape */
+        "data: " OBODY("c") "}\ndata: \n\n"
+        "data: " OBODY("d") "}\n\n";
+    /* clang-format on */
     fast_case("damaged", body, "abcd", 1);
 }
 
