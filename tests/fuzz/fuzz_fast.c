@@ -75,8 +75,7 @@ static void same(const char *s, size_t len, size_t cut) {
     if (!a.content != !b.content || a.content_len != b.content_len) abort();
     if (a.content && memcmp(a.content, b.content, a.content_len) != 0) abort();
     if (!a.model != !b.model || (a.model && strcmp(a.model, b.model) != 0)) abort();
-    if (a.has_usage != b.has_usage || (a.has_usage && memcmp(a.u, b.u, sizeof(a.u)) != 0))
-        abort();
+    if (a.has_usage != b.has_usage || (a.has_usage && memcmp(a.u, b.u, sizeof(a.u)) != 0)) abort();
     if (a.events != b.events) abort();
     free(a.content);
     free(a.model);
