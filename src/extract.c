@@ -1,18 +1,20 @@
 /* extract.c: owns what the proxy learns from a body it forwards: assistant text, model and
  * token usage of a response (text/event-stream events or an application/json body), and the
  * "model"/"stream" of a request body. It must never block or fail the stream it watches:
- * malformed input is skipped, memory stays bounded (content cap, body cap, event cap), and
- * no allocation happens per SSE event once the buffers have grown.
+ * malformed input is skipped, memory stays bounded (content cap, body cap, event cap,
+ * template cap), and no allocation happens per SSE event once the buffers have grown.
  *
- * JSON is read with a validating single-pass scanner instead of jansson, by measurement
- * (tests/bench/bench_extract.c): on a realistic chat.completion.chunk stream jansson costs
- * ~4 us per event (~60 MiB/s; it builds and frees a tree per event), the scanner ~0.26 us
- * (~1 GiB/s) and copies nothing but the fields it keeps; a 1 MiB body takes 11 ms vs 1.4 ms
- * of event loop time. The scanner accepts exactly the documents json_loadb(buf, len, 0)
- * accepts (same UTF-8, escape, \u0000, number range and 2048-level depth rules; duplicate
- * keys: the last wins), with one deliberate difference: jansson skips a NUL byte right after
- * a number or a literal, here that is malformed.
- * tests/fuzz/fuzz_extract.c checks the equivalence against jansson. */
+ * Two readers, one result. The full reader is a validating single-pass JSON scanner, written
+ * instead of using jansson by measurement (tests/bench/bench_extract.c): jansson builds and
+ * frees a tree per event, ~4 us per chunk; the scanner takes ~0.25 us. It accepts exactly the
+ * documents json_loadb(buf, len, 0) accepts (same UTF-8, escape, \u0000, number range and
+ * 2048-level depth rules; duplicate keys: the last wins), with one deliberate difference:
+ * jansson skips a NUL byte right after a number or a literal, here that is malformed
+ * (tests/fuzz/fuzz_extract.c checks this against jansson).
+ * The SSE fast path (templates, below) reads an event that has the shape of the last one the
+ * scanner read by comparing the two at memcmp speed and scanning only the values that
+ * changed; it gives exactly the scanner's result or declines, and then the scanner reads the
+ * event (tests/fuzz/fuzz_fast.c checks fast == full on any bytes). */
 #include "route/extract.h"
 #include "route/sse.h"
 
@@ -739,6 +741,10 @@ static int elided(const hole_t *h) {
 static void template_learn(template_t *t, const char *buf, size_t len, const rec_t *rec,
                            const doc_t *d) {
     if (rec->lost || (!d->has_content && !d->has_text)) return;
+    /* Content and text are read from their holes only (the template keeps them empty). */
+    if ((d->has_content && rec->role_hole[ROLE_CONTENT] < 0) ||
+        (d->has_text && rec->role_hole[ROLE_TEXT] < 0))
+        return;
     size_t cut = 0;
     for (unsigned i = 0; i < rec->n; i++)
         if (elided(&rec->holes[i])) cut += rec->holes[i].end - rec->holes[i].start - 2;
