@@ -1,7 +1,14 @@
 /* bench_extract.c: throughput of the SSE framer and the extractor on realistic OpenAI bodies,
  * next to a jansson-per-document reference, which is what decided extract.c's scanner.
  * Run on demand (see tests/bench/README.md), never from ctest. Prints one line per case:
- *   name=<case> bytes=<input size> [events=<n>] read=<feed size> MiB/s=<best of 5> ns/event=... */
+ *   name=<case> bytes=<input size> [events=<n>] read=<feed size> MiB/s=<best of 5> ns/event=...
+ *   [fast=<SSE events on the fast path>/<events read>]
+ * An argument runs that case alone (e.g. `perf record --call-graph dwarf ... extract_sse`).
+ * Cases: sse_frame (framing only), extract_sse (production path), extract_sse_full (the full
+ * scanner on every event: what the fast path saves), extract_sse_jansson, and
+ * extract_sse_obfuscated[_full] (chunks as OpenAI sends them today, with "service_tier" and a
+ * random-length "obfuscation" padding: two values change per chunk); then the JSON body and
+ * request cases. */
 #include "route/extract.h"
 #include "route/sse.h"
 
