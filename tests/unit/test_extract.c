@@ -651,6 +651,24 @@ static void test_fast_hits(void) {
     result_free(&r);
 }
 
+/* Events that never share a shape make the fast path back off; once the shape settles it is
+ * found again within 64 events. */
+static void test_fast_backoff(void) {
+    size_t cap = 300 * 200, len = 0;
+    char *body = malloc(cap);
+    for (int i = 0; i < 200; i++)
+        len += (size_t)sprintf(body + len,
+                               "data: {\"choices\":[{\"delta\":{\"content\":\"x\"},"
+                               "\"logprobs\":{\"n\":[%d]}}]}\n\n",
+                               i < 100 ? i : 7);
+    result_t r = run(SSE, body, len, NULL, 0);
+    CHECK(r.content_len == 200);
+    /* The first 100 miss (tried less and less often), the last 100 hit but for the wait. */
+    CHECK(last_events == 200 && last_fast >= 100 - 64 - 2 && last_fast < 100);
+    result_free(&r);
+    free(body);
+}
+
 /* A key inside a string value is text: the fast path never searches for keys, and whatever
  * a changed string holds, it is matched as one string. */
 static void test_fast_keys_in_strings(void) {
@@ -879,6 +897,7 @@ int main(void) {
     test_request_fields();
     test_agrees_with_jansson();
     test_fast_hits();
+    test_fast_backoff();
     test_fast_keys_in_strings();
     test_fast_shape_changes();
     test_fast_malformed();
