@@ -203,7 +203,8 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
     }
     while (s < end) {
         if (!nl || nl < s) {
-            nl = memchr(s, '\n', (size_t)(end - s));
+            /* The blank line that ends an event usually follows at once: no call for it. */
+            nl = *s == '\n' ? s : memchr(s, '\n', (size_t)(end - s));
             if (!nl) nl = end;
         }
         if (!cr || cr < s) {
