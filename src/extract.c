@@ -1,24 +1,29 @@
 /* extract.c: owns what the proxy learns from a body it forwards: assistant text, model and
  * token usage of a response (text/event-stream events or an application/json body), and the
  * "model"/"stream" of a request body. It must never block or fail the stream it watches:
- * malformed input is skipped, memory stays bounded (content cap, body cap, event cap), and
- * no allocation happens per SSE event once the buffers have grown.
+ * malformed input is skipped, memory stays bounded (content cap, body cap, event cap,
+ * template cap), and no allocation happens per SSE event once the buffers have grown.
  *
- * JSON is read with a validating single-pass scanner instead of jansson, by measurement
- * (tests/bench/bench_extract.c): on a realistic chat.completion.chunk stream jansson costs
- * ~4 us per event (~60 MiB/s; it builds and frees a tree per event), the scanner ~0.26 us
- * (~1 GiB/s) and copies nothing but the fields it keeps; a 1 MiB body takes 11 ms vs 1.4 ms
- * of event loop time. The scanner accepts exactly the documents json_loadb(buf, len, 0)
- * accepts (same UTF-8, escape, \u0000, number range and 2048-level depth rules; duplicate
- * keys: the last wins), with one deliberate difference: jansson skips a NUL byte right after
- * a number or a literal, here that is malformed.
- * tests/fuzz/fuzz_extract.c checks the equivalence against jansson. */
+ * Two readers, one result. The full reader is a validating single-pass JSON scanner, written
+ * instead of using jansson by measurement (tests/bench/bench_extract.c): jansson builds and
+ * frees a tree per event, ~4 us per chunk; the scanner takes ~0.25 us. It accepts exactly the
+ * documents json_loadb(buf, len, 0) accepts (same UTF-8, escape, \u0000, number range and
+ * 2048-level depth rules; duplicate keys: the last wins), with one deliberate difference:
+ * jansson skips a NUL byte right after a number or a literal, here that is malformed
+ * (tests/fuzz/fuzz_extract.c checks this against jansson).
+ * The SSE fast path (templates, below) reads an event that has the shape of the last one the
+ * scanner read by comparing the two at memcmp speed and scanning only the values that
+ * changed; it gives exactly the scanner's result or declines, and then the scanner reads the
+ * event (tests/fuzz/fuzz_fast.c checks fast == full on any bytes). */
 #include "route/extract.h"
 #include "route/sse.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* jansson's JSON_PARSER_MAX_DEPTH: it rejects deeper documents, so must we. */
 #define JSON_MAX_DEPTH 2048
@@ -29,8 +34,11 @@
 
 /* ---- scanner ---- */
 
+typedef struct rec rec_t;
+
 typedef struct {
     const unsigned char *p, *end;
+    rec_t *rec; /* NULL, or where the document's holes are noted (see templates below) */
 } scan_t;
 
 /* The raw text between a string's quotes, validated; esc: it has backslash escapes. */
@@ -49,6 +57,28 @@ typedef struct {
 } doc_t;
 
 enum { WANT_RESPONSE = 1, WANT_REQUEST = 2 };
+
+/* A hole is a string or number value whose bytes may differ from one event to the next
+ * without changing the document's structure: the places a template (below) lets vary. Its
+ * role says what the result takes from it; a value that carries no role is INERT (an "id",
+ * "created", "obfuscation"...), and a value that was replaced by a later duplicate key is
+ * demoted to INERT, so that the last one wins on the fast path as in the scanner. */
+enum { ROLE_INERT, ROLE_CONTENT, ROLE_TEXT, ROLE_USAGE0, ROLE_USAGE1, ROLE_USAGE2, ROLE_COUNT };
+
+#define TEMPLATE_MAX_HOLES 24
+
+typedef struct {
+    uint32_t start, end; /* the value's bytes, quotes included: [start, end) */
+    uint8_t is_num, role, esc;
+} hole_t;
+
+struct rec {
+    const unsigned char *base;
+    hole_t holes[TEMPLATE_MAX_HOLES];
+    unsigned n;
+    int role_hole[ROLE_COUNT]; /* index of the hole that currently holds the role, or -1 */
+    int lost;                  /* a role hole did not fit: the document cannot be a template */
+};
 
 /* 1: byte needs a look inside a string ('"', '\\', control, non-ASCII). */
 static const unsigned char str_special[256] = {
@@ -482,21 +512,81 @@ static int scan_key(scan_t *s, jstr_t *k) {
     return s->p < s->end ? 0 : -1;
 }
 
-static int take_string(scan_t *s, int *has, jstr_t *out, unsigned depth) {
+/* The role's value was replaced or cleared: its old hole no longer feeds the result. */
+static void rec_drop_role(scan_t *s, int role) {
+    rec_t *r = s->rec;
+    if (!r || r->role_hole[role] < 0) return;
+    r->holes[r->role_hole[role]].role = ROLE_INERT;
+    r->role_hole[role] = -1;
+}
+
+/* Notes the value just scanned, from start to s->p. */
+static void rec_hole(scan_t *s, const unsigned char *start, int is_num, int role, int esc) {
+    rec_t *r = s->rec;
+    if (!r) return;
+    if (role != ROLE_INERT) rec_drop_role(s, role);
+    /* A missing inert hole only makes the template stricter, a missing role makes it
+     * useless: the last slots are kept for roles. */
+    if (r->n == TEMPLATE_MAX_HOLES ||
+        (role == ROLE_INERT && r->n >= TEMPLATE_MAX_HOLES - ROLE_COUNT)) {
+        if (role != ROLE_INERT) r->lost = 1;
+        return;
+    }
+    hole_t *h = &r->holes[r->n];
+    h->start = (uint32_t)(start - r->base);
+    h->end = (uint32_t)(s->p - r->base);
+    h->is_num = (uint8_t)is_num;
+    h->role = (uint8_t)role;
+    h->esc = (uint8_t)esc;
+    if (role != ROLE_INERT) r->role_hole[role] = (int)r->n;
+    r->n++;
+}
+
+/* role: the hole to note, or ROLE_LITERAL for a value the template must keep byte for byte. */
+#define ROLE_LITERAL (-1)
+
+static int take_string(scan_t *s, int *has, jstr_t *out, unsigned depth, int role) {
     if (*s->p == '"') {
+        const unsigned char *start = s->p;
         *has = 1;
-        return scan_string(s, out);
+        if (scan_string(s, out)) return -1;
+        if (role != ROLE_LITERAL) rec_hole(s, start, 0, role, out->esc);
+        return 0;
     }
     *has = 0;
+    if (role != ROLE_LITERAL) rec_drop_role(s, role);
     return skip_value(s, depth);
 }
 
-static int take_int(scan_t *s, int *ok, int64_t *out, unsigned depth) {
+static int take_int(scan_t *s, int *ok, int64_t *out, unsigned depth, int role) {
     *ok = 0;
+    rec_drop_role(s, role);
     if (*s->p == '-' || is_digit(*s->p)) {
+        const unsigned char *start = s->p;
         int is_int;
         if (scan_number(s, &is_int, out)) return -1;
         *ok = is_int;
+        /* Only an integer feeds usage; a real stays literal so that it cannot turn into one. */
+        rec_hole(s, start, 1, is_int ? role : ROLE_INERT, 0);
+        return 0;
+    }
+    return skip_value(s, depth);
+}
+
+/* A member value the result does not read: a string or number becomes an inert hole. */
+static int skip_member(scan_t *s, unsigned depth) {
+    const unsigned char *start = s->p;
+    if (*s->p == '"') {
+        jstr_t tmp;
+        if (scan_string(s, &tmp)) return -1;
+        rec_hole(s, start, 0, ROLE_INERT, tmp.esc);
+        return 0;
+    }
+    if (*s->p == '-' || is_digit(*s->p)) {
+        int is_int;
+        int64_t iv;
+        if (scan_number(s, &is_int, &iv)) return -1;
+        rec_hole(s, start, 1, ROLE_INERT, 0);
         return 0;
     }
     return skip_value(s, depth);
@@ -505,12 +595,13 @@ static int take_int(scan_t *s, int *ok, int64_t *out, unsigned depth) {
 /* choices[0].delta (SSE) or .message (body): depth 4. */
 static int walk_message(scan_t *s, doc_t *d) {
     d->has_content = 0;
+    rec_drop_role(s, ROLE_CONTENT);
     int r = open_object(s);
     while (r == 1) {
         jstr_t k;
         if (scan_key(s, &k)) return -1;
-        if (KEY_IS(&k, "content") ? take_string(s, &d->has_content, &d->content, 5)
-                                  : skip_value(s, 5))
+        if (KEY_IS(&k, "content") ? take_string(s, &d->has_content, &d->content, 5, ROLE_CONTENT)
+                                  : skip_member(s, 5))
             return -1;
         r = next_member(s, '}');
     }
@@ -527,12 +618,13 @@ static int walk_choice(scan_t *s, doc_t *d, int stream) {
                 r = walk_message(s, d);
             else {
                 d->has_content = 0;
+                rec_drop_role(s, ROLE_CONTENT);
                 r = skip_value(s, 4);
             }
         } else if (KEY_IS(&k, "text")) {
-            r = take_string(s, &d->has_text, &d->text, 4);
+            r = take_string(s, &d->has_text, &d->text, 4, ROLE_TEXT);
         } else {
-            r = skip_value(s, 4);
+            r = skip_member(s, 4);
         }
         if (r) return -1;
         r = next_member(s, '}');
@@ -543,6 +635,8 @@ static int walk_choice(scan_t *s, doc_t *d, int stream) {
 static int walk_choices(scan_t *s, doc_t *d, int stream) {
     /* A repeated "choices" replaces the earlier one. */
     d->has_content = d->has_text = 0;
+    rec_drop_role(s, ROLE_CONTENT);
+    rec_drop_role(s, ROLE_TEXT);
     if (*s->p != '[') return skip_value(s, 2);
     s->p++;
     skip_ws(s);
@@ -561,6 +655,8 @@ static int walk_choices(scan_t *s, doc_t *d, int stream) {
 
 static int walk_usage(scan_t *s, doc_t *d) {
     memset(d->usage_ok, 0, sizeof(d->usage_ok));
+    for (int i = 0; i < 3; i++)
+        rec_drop_role(s, ROLE_USAGE0 + i);
     d->has_usage = *s->p == '{';
     if (!d->has_usage) return skip_value(s, 2);
     int r = open_object(s);
@@ -571,15 +667,17 @@ static int walk_usage(scan_t *s, doc_t *d) {
                 : KEY_IS(&k, "completion_tokens") ? 1
                 : KEY_IS(&k, "total_tokens")      ? 2
                                                   : -1;
-        if (i >= 0 ? take_int(s, &d->usage_ok[i], &d->usage[i], 3) : skip_value(s, 3)) return -1;
+        if (i >= 0 ? take_int(s, &d->usage_ok[i], &d->usage[i], 3, ROLE_USAGE0 + i)
+                   : skip_value(s, 3))
+            return -1;
         r = next_member(s, '}');
     }
     return r;
 }
 
 /* Scans a whole document; 0 when it is a valid JSON object (then *d holds its fields). */
-static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d) {
-    scan_t s = {(const unsigned char *)buf, (const unsigned char *)buf + len};
+static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d, rec_t *rec) {
+    scan_t s = {(const unsigned char *)buf, (const unsigned char *)buf + len, rec};
     memset(d, 0, sizeof(*d));
     skip_ws(&s);
     if (s.p >= s.end || *s.p != '{') return -1;
@@ -588,7 +686,7 @@ static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d)
         jstr_t k;
         if (scan_key(&s, &k)) return -1;
         if (KEY_IS(&k, "model")) {
-            r = take_string(&s, &d->has_model, &d->model, 2);
+            r = take_string(&s, &d->has_model, &d->model, 2, ROLE_LITERAL);
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "choices")) {
             r = walk_choices(&s, d, stream);
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "usage")) {
@@ -597,7 +695,7 @@ static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d)
             d->stream = (size_t)(s.end - s.p) >= 4 && memcmp(s.p, "true", 4) == 0;
             r = skip_value(&s, 2);
         } else {
-            r = skip_value(&s, 2);
+            r = skip_member(&s, 2);
         }
         if (r) return -1;
         r = next_member(&s, '}');
@@ -605,6 +703,168 @@ static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d)
     if (r < 0) return -1;
     skip_ws(&s);
     return s.p == s.end ? 0 : -1;
+}
+
+/* ---- templates: the fast path for a stream of same-shaped events ----
+ *
+ * The chunks of one stream differ in a few values only: the content string, sometimes an
+ * "obfuscation" padding, a "created" or token counts. So the last event read in full is kept
+ * as a template with the string and number values of the members the scanner walks marked as
+ * holes (rec_hole). A new event that equals the template byte for byte outside the holes and
+ * has a valid string (or number) in each hole is the template with some values replaced:
+ * it is valid exactly when the template was, it has the same members on the same paths, and
+ * its result is the template's with the holes' values. That is the scanner's result, found by
+ * a comparison that runs at memcmp speed plus a scan of the holes that changed (usually the
+ * content alone). There is no key search, so a key inside a string value cannot be mistaken
+ * for a member. Anything else (another shape, a value changing type, a cut or damaged
+ * document) goes to the scanner, which may make the event the new template. */
+
+/* Bytes of a template outside its content and text (those are kept empty). A chunk is a few
+ * hundred; a larger event is read by the scanner, which costs about the same per byte. */
+#define TEMPLATE_CAP 4096
+
+typedef struct {
+    unsigned char *bytes;
+    size_t len, cap; /* len 0: no template */
+    hole_t holes[TEMPLATE_MAX_HOLES];
+    unsigned n;
+    doc_t doc; /* its fields: model points into bytes, content and text come from the holes */
+} template_t;
+
+static int elided(const hole_t *h) {
+    return h->role == ROLE_CONTENT || h->role == ROLE_TEXT;
+}
+
+/* Makes the document just scanned into the template. Only documents with content or text
+ * qualify: they are the stream's bulk, and a ping or the final usage chunk between them must
+ * not evict the shape that will come again. */
+static void template_learn(template_t *t, const char *buf, size_t len, const rec_t *rec,
+                           const doc_t *d) {
+    if (rec->lost || (!d->has_content && !d->has_text)) return;
+    /* Content and text are read from their holes only (the template keeps them empty). */
+    if ((d->has_content && rec->role_hole[ROLE_CONTENT] < 0) ||
+        (d->has_text && rec->role_hole[ROLE_TEXT] < 0))
+        return;
+    size_t cut = 0;
+    for (unsigned i = 0; i < rec->n; i++)
+        if (elided(&rec->holes[i])) cut += rec->holes[i].end - rec->holes[i].start - 2;
+    size_t tlen = len - cut;
+    if (tlen > TEMPLATE_CAP) return;
+    if (tlen > t->cap) {
+        unsigned char *b = realloc(t->bytes, tlen);
+        if (!b) {
+            t->len = 0;
+            return;
+        }
+        t->bytes = b;
+        t->cap = tlen;
+    }
+    const unsigned char *src = (const unsigned char *)buf;
+    size_t from = 0, to = 0, model_at = d->has_model ? (size_t)(d->model.p - buf) : 0;
+    size_t model_to = model_at;
+    for (unsigned i = 0; i < rec->n; i++) {
+        hole_t h = rec->holes[i];
+        size_t shift = from - to;
+        if (d->has_model && model_at >= from && model_at < h.start) model_to = model_at - shift;
+        if (elided(&h)) {
+            memcpy(t->bytes + to, src + from, h.start + 1 - from);
+            to += h.start + 1 - from;
+            t->bytes[to++] = '"';
+            from = h.end;
+            h.start -= (uint32_t)shift;
+            h.end = h.start + 2;
+            h.esc = 0;
+        } else {
+            h.start -= (uint32_t)shift;
+            h.end -= (uint32_t)shift;
+        }
+        t->holes[i] = h;
+    }
+    if (d->has_model && model_at >= from) model_to = model_at - (from - to);
+    memcpy(t->bytes + to, src + from, len - from);
+    t->len = tlen;
+    t->n = rec->n;
+    t->doc = *d;
+    if (d->has_model) t->doc.model.p = (const char *)t->bytes + model_to;
+    memset(&t->doc.content, 0, sizeof(t->doc.content));
+    memset(&t->doc.text, 0, sizeof(t->doc.text));
+}
+
+/* Length of the common prefix of a and b (n bytes each at most). */
+static size_t same_prefix(const unsigned char *a, const unsigned char *b, size_t n) {
+    size_t i = 0;
+#if defined(__SSE2__)
+    for (; n - i >= 16; i += 16) {
+        __m128i va = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
+        __m128i vb = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+        unsigned diff = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(va, vb)) ^ 0xFFFFu;
+        if (diff) return i + (size_t)__builtin_ctz(diff);
+    }
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; n - i >= 8; i += 8) {
+        uint64_t va, vb;
+        memcpy(&va, a + i, 8);
+        memcpy(&vb, b + i, 8);
+        if (va != vb) return i + (size_t)__builtin_ctzll(va ^ vb) / 8;
+    }
+#endif
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* The hole at v (the event's copy of the template's hole h, same length) feeds d. */
+static void hole_same(const hole_t *h, const unsigned char *v, doc_t *d) {
+    jstr_t str = {(const char *)v + 1, h->end - h->start - 2u, h->esc};
+    if (h->role == ROLE_CONTENT)
+        d->content = str;
+    else if (h->role == ROLE_TEXT)
+        d->text = str;
+    /* A usage count that did not change is already in d, and an inert value feeds nothing. */
+}
+
+/* 0 when the event is the template with holes replaced; then d holds its fields. */
+static int template_match(const template_t *t, const char *buf, size_t len, doc_t *d) {
+    const unsigned char *tb = t->bytes, *db = (const unsigned char *)buf;
+    size_t pt = 0, pd = 0;
+    unsigned hi = 0;
+    *d = t->doc;
+    for (;;) {
+        size_t tl = t->len - pt, dl = len - pd;
+        size_t m = same_prefix(tb + pt, db + pd, tl < dl ? tl : dl);
+        size_t at = pt + m;                     /* template offset of the first difference */
+        const unsigned char *ev = db + pd - pt; /* ev + template offset = event byte */
+        /* Holes passed intact; a number only once the byte after it matched too, since "12"
+         * is a prefix of "123". */
+        while (hi < t->n && t->holes[hi].end + t->holes[hi].is_num <= at) {
+            hole_same(&t->holes[hi], ev + t->holes[hi].start, d);
+            hi++;
+        }
+        if (m == tl && m == dl) return hi == t->n ? 0 : -1;
+        if (hi == t->n || at < t->holes[hi].start) return -1; /* outside the holes */
+        const hole_t *h = &t->holes[hi];
+        scan_t s = {ev + h->start, db + len, NULL};
+        if (h->is_num) {
+            int is_int;
+            int64_t v;
+            if (s.p >= s.end || (*s.p != '-' && !is_digit(*s.p)) || scan_number(&s, &is_int, &v))
+                return -1;
+            if (h->role >= ROLE_USAGE0) {
+                if (!is_int) return -1;
+                d->usage[h->role - ROLE_USAGE0] = v;
+            }
+        } else {
+            jstr_t str;
+            if (s.p >= s.end || *s.p != '"' || scan_string(&s, &str)) return -1;
+            if (h->role == ROLE_CONTENT)
+                d->content = str;
+            else if (h->role == ROLE_TEXT)
+                d->text = str;
+        }
+        pd = (size_t)(s.p - db);
+        pt = h->end;
+        hi++;
+    }
 }
 
 /* ---- extractor ---- */
@@ -629,6 +889,13 @@ struct extract {
     char *body;
     size_t body_len, body_cap;
     int body_over;
+
+    template_t tmpl;
+    int no_template;
+    size_t events, fast_events;
+    /* Template misses in a row, and events left before the next try: a stream whose events
+     * never share a shape (with logprobs, say) then costs the scanner and ~1/64 more. */
+    unsigned miss_streak, backoff;
 };
 
 static void add_content(extract_t *x, const jstr_t *str) {
@@ -681,7 +948,31 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
     extract_t *x = ud;
     doc_t d;
     if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) return;
-    if (scan_doc(data, data_len, WANT_RESPONSE, 1, &d) == 0) apply_doc(x, &d);
+    x->events++;
+    int tried = x->tmpl.len && !x->backoff;
+    if (tried && template_match(&x->tmpl, data, data_len, &d) == 0) {
+        x->miss_streak = 0;
+        x->fast_events++;
+        apply_doc(x, &d);
+        return;
+    }
+    if (!tried && x->backoff) x->backoff--;
+    int record = !x->no_template && !x->backoff;
+    rec_t rec;
+    rec.base = (const unsigned char *)data;
+    rec.n = 0;
+    rec.lost = 0;
+    for (int i = 0; i < ROLE_COUNT; i++)
+        rec.role_hole[i] = -1;
+    if (scan_doc(data, data_len, WANT_RESPONSE, 1, &d, record ? &rec : NULL) != 0) return;
+    apply_doc(x, &d);
+    /* A damaged event says nothing about the stream's shape; a valid one that missed does. */
+    if (tried && ++x->miss_streak >= 4) {
+        unsigned k = x->miss_streak - 4;
+        x->backoff = k >= 6 ? 64u : 2u << k;
+    }
+    /* While backing off, only the event before the next try is learned. */
+    if (record && !x->backoff) template_learn(&x->tmpl, data, data_len, &rec, &d);
 }
 
 /* "type/subtype" followed by the end or parameters, ASCII case-insensitive. */
@@ -750,9 +1041,11 @@ void extract_finish(extract_t *x) {
         sse_finish(x->sse);
         sse_free(x->sse);
         x->sse = NULL;
+        free(x->tmpl.bytes);
+        memset(&x->tmpl, 0, sizeof(x->tmpl));
     } else if (x->kind == KIND_JSON && !x->body_over && x->body) {
         doc_t d;
-        if (scan_doc(x->body, x->body_len, WANT_RESPONSE, 0, &d) == 0) apply_doc(x, &d);
+        if (scan_doc(x->body, x->body_len, WANT_RESPONSE, 0, &d, NULL) == 0) apply_doc(x, &d);
     }
     free(x->body);
     x->body = NULL;
@@ -762,6 +1055,7 @@ void extract_finish(extract_t *x) {
 void extract_free(extract_t *x) {
     if (!x) return;
     sse_free(x->sse);
+    free(x->tmpl.bytes);
     free(x->body);
     free(x->content);
     free(x->model);
@@ -790,7 +1084,18 @@ void extract_request_fields(const char *body, size_t len, char **model, int *str
     doc_t d;
     if (model) *model = NULL;
     if (stream) *stream = 0;
-    if (!body || scan_doc(body, len, WANT_REQUEST, 0, &d) != 0) return;
+    if (!body || scan_doc(body, len, WANT_REQUEST, 0, &d, NULL) != 0) return;
     if (model && d.has_model) *model = dup_string(&d.model);
     if (stream) *stream = d.stream;
+}
+
+void extract_set_fast_path(extract_t *x, int on) {
+    if (!x) return;
+    x->no_template = !on;
+    if (!on) x->tmpl.len = 0;
+}
+
+size_t extract_fast_events(const extract_t *x, size_t *events) {
+    if (events) *events = x ? x->events : 0;
+    return x ? x->fast_events : 0;
 }

@@ -136,6 +136,17 @@ static void process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
     }
     p->size += n;
     if (s[0] == ':') return;
+    /* Nearly every line of an API stream is "data: ...": no search for its colon. */
+    if (n >= 5 && memcmp(s, "data:", 5) == 0) {
+        const char *v = s + 5;
+        size_t vlen = n - 5;
+        if (vlen && *v == ' ') {
+            v++;
+            vlen--;
+        }
+        add_data(p, v, vlen, stable);
+        return;
+    }
     const char *colon = memchr(s, ':', n);
     size_t flen = colon ? (size_t)(colon - s) : n;
     const char *v = colon ? colon + 1 : s + n;
@@ -192,7 +203,8 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
     }
     while (s < end) {
         if (!nl || nl < s) {
-            nl = memchr(s, '\n', (size_t)(end - s));
+            /* The blank line that ends an event usually follows at once: no call for it. */
+            nl = *s == '\n' ? s : memchr(s, '\n', (size_t)(end - s));
             if (!nl) nl = end;
         }
         if (!cr || cr < s) {

@@ -28,4 +28,11 @@ int extract_usage(const extract_t *x, int64_t *prompt, int64_t *completion, int6
  * *model is malloc'd or NULL. Never fails: a non-JSON body gives NULL/0. */
 void extract_request_fields(const char *body, size_t len, char **model, int *stream);
 
+/* For tests and benchmarks. The fast path (on by default) reads an SSE event that has the
+ * shape of the previous one by comparing it with that one; off, every event goes through the
+ * full JSON scanner. The results are the same either way. */
+void extract_set_fast_path(extract_t *x, int on);
+/* SSE events that took the fast path; *events (may be NULL): events read, [DONE] excluded. */
+size_t extract_fast_events(const extract_t *x, size_t *events);
+
 #endif

@@ -1,7 +1,14 @@
 /* bench_extract.c: throughput of the SSE framer and the extractor on realistic OpenAI bodies,
  * next to a jansson-per-document reference, which is what decided extract.c's scanner.
  * Run on demand (see tests/bench/README.md), never from ctest. Prints one line per case:
- *   name=<case> bytes=<input size> [events=<n>] read=<feed size> MiB/s=<best of 5> ns/event=... */
+ *   name=<case> bytes=<input size> [events=<n>] read=<feed size> MiB/s=<best of 5> ns/event=...
+ *   [fast=<SSE events on the fast path>/<events read>]
+ * An argument runs that case alone (e.g. `perf record --call-graph dwarf ... extract_sse`).
+ * Cases: sse_frame (framing only), extract_sse (production path), extract_sse_full (the full
+ * scanner on every event: what the fast path saves), extract_sse_jansson, and
+ * extract_sse_obfuscated[_full] (chunks as OpenAI sends them today, with "service_tier" and a
+ * random-length "obfuscation" padding: two values change per chunk); then the JSON body and
+ * request cases. */
 #include "route/extract.h"
 #include "route/sse.h"
 
@@ -100,6 +107,32 @@ static text_t make_stream(void) {
     return t;
 }
 
+/* The same stream as OpenAI sends it today: a "service_tier" and a random-length
+ * "obfuscation" padding in every chunk, so consecutive chunks differ in two places. */
+static text_t make_obfuscated_stream(void) {
+    text_t t = {0};
+    static const char pad[] = "aZ3kP9xQ2mW7vB1";
+    unsigned seed = 1;
+    for (int i = 0; i < EVENTS; i++) {
+        char tail[128];
+        seed = seed * 1103515245u + 12345u;
+        int n = 1 + (int)((seed >> 16) % 15);
+        snprintf(tail, sizeof(tail),
+                 "\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null,"
+                 "\"obfuscation\":\"%.*s\"}\n\n",
+                 n, pad);
+        puts_(&t,
+              "data: {\"id\":\"chatcmpl-9aBcDeFgHiJkLmNoPqRsTuVwXyZ01\",\"object\":"
+              "\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"gpt-4o-2024-08-06\","
+              "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_4e2b2da518\","
+              "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
+        puts_(&t, pieces[i % (sizeof(pieces) / sizeof(pieces[0]))]);
+        puts_(&t, tail);
+    }
+    puts_(&t, "data: [DONE]\n\n");
+    return t;
+}
+
 /* A ~1 MiB chat.completion body: a long answer in message.content. */
 static text_t make_json_body(void) {
     text_t t = {0};
@@ -136,6 +169,7 @@ static text_t make_request(void) {
 typedef struct {
     size_t events, content_len;
     int has_usage;
+    size_t fast, read; /* SSE events that took the fast path, of those read */
 } sink_t;
 
 static void count_event(void *ud, const char *ev, size_t evl, const char *d, size_t dl) {
@@ -153,8 +187,9 @@ static size_t run_frame(const text_t *in, sink_t *s) {
     return s->events;
 }
 
-static size_t run_extract(const char *ct, const text_t *in, sink_t *s) {
+static size_t run_extract(const char *ct, const text_t *in, sink_t *s, int fast) {
     extract_t *x = extract_new(ct, strlen(ct));
+    extract_set_fast_path(x, fast);
     for (size_t at = 0; at < in->len; at += READ_SIZE)
         extract_feed(x, in->p + at, in->len - at < READ_SIZE ? in->len - at : READ_SIZE);
     extract_finish(x);
@@ -162,6 +197,7 @@ static size_t run_extract(const char *ct, const text_t *in, sink_t *s) {
     extract_content(x, &n);
     s->content_len += n;
     s->has_usage = extract_usage(x, NULL, NULL, NULL);
+    s->fast = extract_fast_events(x, &s->read);
     extract_free(x);
     return n;
 }
@@ -254,17 +290,26 @@ static size_t run_request_jansson(const text_t *in, sink_t *s) {
 }
 
 static size_t run_extract_sse(const text_t *in, sink_t *s) {
-    return run_extract("text/event-stream; charset=utf-8", in, s);
+    return run_extract("text/event-stream; charset=utf-8", in, s, 1);
+}
+
+/* Every event through the full scanner: what the fast path saves. */
+static size_t run_extract_sse_full(const text_t *in, sink_t *s) {
+    return run_extract("text/event-stream; charset=utf-8", in, s, 0);
 }
 
 static size_t run_extract_json(const text_t *in, sink_t *s) {
-    return run_extract("application/json", in, s);
+    return run_extract("application/json", in, s, 1);
 }
 
 typedef size_t (*case_fn)(const text_t *in, sink_t *s);
 
+/* Set from argv[1]: only the case of that name runs (e.g. under perf record). */
+static const char *only;
+
 static void bench(const char *name, case_fn fn, const text_t *in, size_t events, size_t read,
                   size_t expect) {
+    if (only && strcmp(name, only) != 0) return;
     sink_t s = {0};
     size_t got = fn(in, &s); /* warm-up, and a check that the case did its work */
     if (expect && got != expect) {
@@ -292,27 +337,38 @@ static void bench(const char *name, case_fn fn, const text_t *in, size_t events,
         printf(" ns/event=%.0f", best * 1e9 / (double)events);
     else
         printf(" ms/body=%.3f", best * 1e3);
+    if (s.read) printf(" fast=%zu/%zu", s.fast, s.read);
     printf("\n");
     fflush(stdout);
 }
 
-int main(void) {
-    text_t stream = make_stream(), body = make_json_body(), request = make_request();
+int main(int argc, char **argv) {
+    only = argc > 1 ? argv[1] : NULL;
+    text_t stream = make_stream(), obfuscated = make_obfuscated_stream(), body = make_json_body(),
+           request = make_request();
     sink_t s = {0};
     size_t events = run_frame(&stream, &s);
     size_t want_content = run_jansson_sse(&stream, &s);
+    sink_t so = {0};
+    size_t obf_events = run_frame(&obfuscated, &so);
+    size_t want_obf = run_jansson_sse(&obfuscated, &s);
     size_t want_body = run_jansson_json(&body, &s);
     size_t want_request = run_request_jansson(&request, &s);
 
     bench("sse_frame", run_frame, &stream, events, READ_SIZE, events);
     bench("extract_sse", run_extract_sse, &stream, events, READ_SIZE, want_content);
+    bench("extract_sse_full", run_extract_sse_full, &stream, events, READ_SIZE, want_content);
     bench("extract_sse_jansson", run_jansson_sse, &stream, events, READ_SIZE, want_content);
+    bench("extract_sse_obfuscated", run_extract_sse, &obfuscated, obf_events, READ_SIZE, want_obf);
+    bench("extract_sse_obfuscated_full", run_extract_sse_full, &obfuscated, obf_events, READ_SIZE,
+          want_obf);
     bench("extract_json_1mib", run_extract_json, &body, 0, READ_SIZE, want_body);
     bench("extract_json_1mib_jansson", run_jansson_json, &body, 0, READ_SIZE, want_body);
     bench("request_fields_1mib", run_request, &request, 0, request.len, want_request);
     bench("request_fields_1mib_jansson", run_request_jansson, &request, 0, request.len,
           want_request);
     free(stream.p);
+    free(obfuscated.p);
     free(body.p);
     free(request.p);
     return 0;

@@ -33,11 +33,14 @@ static int result_eq(const result_t *a, const result_t *b) {
     return !a->has_usage || memcmp(a->u, b->u, sizeof(a->u)) == 0;
 }
 
-/* Feeds body in pieces starting at the given cut points. */
-static result_t run(const char *ct, const char *body, size_t len, const size_t *cuts,
-                    size_t ncuts) {
+/* Fast-path events of the last run() (SSE), and of the events read. */
+static size_t last_fast, last_events;
+
+static result_t run_mode(const char *ct, const char *body, size_t len, const size_t *cuts,
+                         size_t ncuts, int fast) {
     result_t r = {0};
     extract_t *x = extract_new(ct, ct ? strlen(ct) : 0);
+    extract_set_fast_path(x, fast);
     size_t at = 0;
     for (size_t i = 0; i < ncuts; i++) {
         extract_feed(x, body + at, cuts[i] - at);
@@ -56,7 +59,20 @@ static result_t run(const char *ct, const char *body, size_t len, const size_t *
     }
     if (extract_model(x)) r.model = strdup(extract_model(x));
     r.has_usage = extract_usage(x, &r.u[0], &r.u[1], &r.u[2]);
+    last_fast = extract_fast_events(x, &last_events);
     extract_free(x);
+    return r;
+}
+
+/* Feeds body in pieces starting at the given cut points, with the SSE fast path and without:
+ * both must give the same result. */
+static result_t run(const char *ct, const char *body, size_t len, const size_t *cuts,
+                    size_t ncuts) {
+    result_t full = run_mode(ct, body, len, cuts, ncuts, 0);
+    result_t r = run_mode(ct, body, len, cuts, ncuts, 1);
+    if (!result_eq(&r, &full)) fprintf(stderr, "  fast path and full scanner differ\n");
+    CHECK(result_eq(&r, &full));
+    result_free(&full);
     return r;
 }
 
@@ -582,6 +598,289 @@ static void test_agrees_with_jansson(void) {
     }
 }
 
+/* ---- the SSE fast path (template match) ---- */
+
+/* An OpenAI chunk with these content bytes (already JSON-escaped) and these tail members. */
+#define OCHUNK(content, tail)                                                                      \
+    "data: {\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,"    \
+    "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{"   \
+    "\"content\":\"" content "\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null" tail  \
+    "}\n\n"
+
+/* Runs a stream, checks its content and how many events took the fast path. */
+static void fast_case(const char *name, const char *body, const char *want, size_t want_fast) {
+    int same;
+    result_t r = run_all_splits(SSE, body, &same);
+    result_t whole = run(SSE, body, strlen(body), NULL, 0); /* last_fast of the whole stream */
+    result_free(&whole);
+    int ok = same && content_is(&r, want) && last_fast == want_fast;
+    if (!ok)
+        fprintf(stderr, "  %s: content \"%s\" (want \"%s\"), fast %zu of %zu (want %zu)\n", name,
+                r.content ? r.content : "(none)", want, last_fast, last_events, want_fast);
+    CHECK(ok);
+    result_free(&r);
+}
+
+static void test_fast_hits(void) {
+    /* The first chunk is read in full and becomes the template; the rest match it. */
+    fast_case("plain",
+              OCHUNK("Hel", "") OCHUNK("lo", "") OCHUNK("", "") OCHUNK(" w\\u00f6rld", "")
+                  OCHUNK("\xC3\xA9\\ud83d\\ude00", "") "data: [DONE]\n\n",
+              "Hello w\xC3\xB6rld\xC3\xA9\xF0\x9F\x98\x80", 4);
+    /* Padding that changes per chunk is a hole too. */
+    fast_case("obfuscation",
+              OCHUNK("a", ",\"obfuscation\":\"x\"") OCHUNK("b", ",\"obfuscation\":\"xyz12\"")
+                  OCHUNK("c", ",\"obfuscation\":\"\"") OCHUNK("d", ",\"obfuscation\":\"\\\"\""),
+              "abcd", 3);
+    /* The role chunk, then content chunks, the finish chunk and the usage chunk. */
+    static const char stream[] =
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+        "\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+        "\"A\"},\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+        "\"B\"},\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},"
+        "\"finish_reason\":\"stop\"}]}\n\n"
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,"
+        "\"completion_tokens\":2,\"total_tokens\":3}}\n\n"
+        "data: [DONE]\n\n";
+    fast_case("role chunk first", stream, "AB", 1);
+    result_t r = run1(SSE, stream);
+    CHECK(usage_is(&r, 1, 2, 3) && r.model && strcmp(r.model, "m") == 0);
+    result_free(&r);
+}
+
+/* Events that never share a shape make the fast path back off; once the shape settles it is
+ * found again within 64 events. */
+static void test_fast_backoff(void) {
+    size_t cap = 300 * 200, len = 0;
+    char *body = malloc(cap);
+    for (int i = 0; i < 200; i++)
+        len += (size_t)sprintf(body + len,
+                               "data: {\"choices\":[{\"delta\":{\"content\":\"x\"},"
+                               "\"logprobs\":{\"n\":[%d]}}]}\n\n",
+                               i < 100 ? i : 7);
+    result_t r = run(SSE, body, len, NULL, 0);
+    CHECK(r.content_len == 200);
+    /* The first 100 miss (tried less and less often), the last 100 hit but for the wait. */
+    CHECK(last_events == 200 && last_fast >= 100 - 64 - 2 && last_fast < 100);
+    result_free(&r);
+    free(body);
+}
+
+/* A key inside a string value is text: the fast path never searches for keys, and whatever
+ * a changed string holds, it is matched as one string. */
+static void test_fast_keys_in_strings(void) {
+    fast_case("content holding keys",
+              OCHUNK("a", "") OCHUNK("\\\"},\\\"content\\\":\\\"evil", "")
+                  OCHUNK("\\\"content\\\":\\\"", "") OCHUNK("b", ""),
+              "a\"},\"content\":\"evil\"content\":\"b", 3);
+    /* An id that holds a whole chunk; a content that holds its closing quote's neighbours. */
+    static const char ids[] =
+        "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"
+        "data: {\"id\":\"{\\\"choices\\\":[{\\\"delta\\\":{\\\"content\\\":\\\"BAD\\\"}}]}\","
+        "\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n"
+        "data: {\"id\":\"\\\\\",\"choices\":[{\"delta\":{\"content\":\"c\\\\\"}}]}\n\n"
+        "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"\\\\\\\"d\"}}]}\n\n";
+    fast_case("id holding a chunk", ids, "abc\\\\\"d", 3);
+}
+
+/* A hole that changes type, a literal that changes, a key that changes: the scanner decides. */
+static void test_fast_shape_changes(void) {
+    /* OCHUNK's id becomes a number, its content null, then back. */
+    /* clang-format off */
+    static const char types[] =
+        OCHUNK("a", "")
+        OCHUNK("b", "")
+        "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
+        "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"c\"},\"logprobs\":null,\"finish_reason\":null}],"
+        "\"usage\":null}\n\n"
+        "data: {\"id\":7,\"object\":\"chat.completion.chunk\",\"created\":1718000000,"
+        "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":null},\"logprobs\":null,\"finish_reason\":null}],"
+        "\"usage\":null}\n\n"
+        OCHUNK("d", "");
+    /* clang-format on */
+    fast_case("types", types, "abcd", 1);
+    /* Numbers: longer, shorter, a real, a sign; the template learns each new shape. */
+    static const char nums[] =
+        "data: {\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"
+        "data: {\"created\":12,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n"
+        "data: {\"created\":1,\"choices\":[{\"index\":10,\"delta\":{\"content\":\"c\"}}]}\n\n"
+        "data: {\"created\":-1.5e3,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"d\"}}]}\n\n"
+        "data: {\"created\":1e,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"BAD\"}}]}\n\n"
+        "data: {\"created\":01,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"BAD\"}}]}\n\n"
+        "data: {\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"e\"}}]}\n\n";
+    fast_case("numbers", nums, "abcde", 4);
+    /* A later model is not the model (the first one wins), whatever path reads it. */
+    result_t r = run1(SSE, "data: {\"model\":\"one\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}"
+                           "\n\ndata: {\"model\":\"two\",\"choices\":[{\"delta\":{\"content\":"
+                           "\"b\"}}]}\n\n");
+    CHECK(content_is(&r, "ab") && r.model && strcmp(r.model, "one") == 0);
+    result_free(&r);
+    /* A key that changes is structure, not a hole. */
+    fast_case(
+        "keys",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"contend\":\"BAD\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"x\":{\"content\":\"BAD\"}}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"d\"}}],\"x\":{\"content\":\"EVIL\"}}\n\n",
+        "abcd", 1);
+}
+
+/* Documents of the template's shape but damaged: skipped, and the template still serves. */
+#define OBODY(content)                                                                             \
+    "{\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,"          \
+    "\"model\":\"gpt-4o\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{"   \
+    "\"content\":\"" content "\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null"
+
+static void test_fast_malformed(void) {
+    /* clang-format off */
+    static const char body[] =
+        /* the template */
+        "data: " OBODY("a") "}\n\n"
+        /* bad strings in the content hole */
+        "data: " OBODY("B\x80") "}\n\n"
+        "data: " OBODY("B\\x") "}\n\n"
+        "data: " OBODY("B\x01") "}\n\n"
+        "data: " OBODY("B\\ud800") "}\n\n"
+        "data: " OBODY("B\\u0000") "}\n\n"
+        "data: " OBODY("B\\") "}\n\n"
+        /* cut, one brace too many, trailing bytes */
+        "data: " OBODY("B") "\n\n"
+        "data: " OBODY("B") "}}\n\n"
+        "data: " OBODY("B") "} x\n\n"
+        /* still the template */
+        "data: " OBODY("b") "}\n\n"
+        /* a second, empty data line: a '\n' at the end, valid but another shape */
+        "data: " OBODY("c") "}\ndata: \n\n"
+        "data: " OBODY("d") "}\n\n";
+    /* clang-format on */
+    fast_case("damaged", body, "abcd", 1);
+}
+
+/* Duplicate keys: the last one wins on both paths, also when only the first one changes. */
+static void test_fast_duplicates(void) {
+    fast_case(
+        "content twice",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"x\",\"content\":\"a\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"BAD\",\"content\":\"b\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"x\",\"content\":\"\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"c\",\"content\":null}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"BAD\"},\"delta\":{\"content\":\"d\"}}]}"
+        "\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"BAD\"},\"delta\":{\"content\":"
+        "\"e\"}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"BAD\"}}],\"choices\":[{\"text\":\"f\"}]}"
+        "\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"BAD\"}}],\"choices\":[{\"text\":"
+        "\"g\"}]}\n\n",
+        "abdefg", 4);
+}
+
+/* Token counts that change on every chunk (continuous usage stats) are holes; a count that
+ * stops being an integer, or an incomplete usage, goes to the scanner. */
+static void test_fast_usage(void) {
+#define UCHUNK(c, p, q, t)                                                                         \
+    "data: {\"choices\":[{\"delta\":{\"content\":\"" c "\"}}],\"usage\":{\"prompt_tokens\":" p     \
+    ",\"completion_tokens\":" q ",\"total_tokens\":" t "}}\n\n"
+    static const char body[] = UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "2", "7")
+        UCHUNK("c", "5", "3", "8") UCHUNK("d", "5", "40", "45") UCHUNK("e", "5", "4.0", "9");
+    fast_case("usage", body, "abcde", 3);
+    result_t r = run1(SSE, body);
+    CHECK(usage_is(&r, 5, 40, 45));
+    result_free(&r);
+    r = run1(SSE, UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "-9223372036854775808", "7"));
+    CHECK(usage_is(&r, 5, INT64_MIN, 7));
+    result_free(&r);
+    r = run1(SSE, UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "9223372036854775808", "7"));
+    CHECK(usage_is(&r, 5, 1, 6) && content_is(&r, "a"));
+    result_free(&r);
+#undef UCHUNK
+}
+
+/* Framing around the fast path: CRLF, a BOM, data split over lines, comments between. */
+static void test_fast_framing(void) {
+    fast_case("crlf and bom",
+              "\xEF\xBB\xBF"
+              "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n"
+              ": keep-alive\r\n\r\n"
+              "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\r\n\r\n"
+              "event: x\r\nid: 3\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"c\"}}]}\r\r"
+              "data: {\"choices\":\r\ndata: [{\"delta\":{\"content\":\"d\"}}]}\n\n"
+              "data: {\"choices\":\ndata: [{\"delta\":{\"content\":\"e\"}}]}\n\n",
+              "abcde", 3);
+    /* Pretty-printed documents are templates like any other. */
+    fast_case(
+        "pretty",
+        "data: {\ndata:   \"choices\": [ { \"delta\": { \"content\": \"a\" } } ]\ndata: }\n\n"
+        "data: {\ndata:   \"choices\": [ { \"delta\": { \"content\": \"b\" } } ]\ndata: }\n\n"
+        "data: {\ndata:   \"choices\": [ { \"delta\": { \"content\": \"c\" } } ] \ndata: }\n\n",
+        "abc", 1);
+}
+
+/* Large events: a long content is no obstacle (the template keeps it empty); a shape larger
+ * than the template's cap is read in full every time; too many holes leave some literal. */
+static void test_fast_large(void) {
+    size_t big = 200000;
+    char *ev = malloc(big + 200), *stream = malloc(3 * (big + 200) + 1);
+    size_t sl = 0;
+    for (int k = 0; k < 3; k++) {
+        int n = sprintf(ev, "data: {\"choices\":[{\"delta\":{\"content\":\"");
+        memset(ev + n, 'a' + k, big);
+        n += (int)big;
+        n += sprintf(ev + n, "\"}}]}\n\n");
+        memcpy(stream + sl, ev, (size_t)n);
+        sl += (size_t)n;
+    }
+    stream[sl] = '\0';
+    result_t r = run(SSE, stream, sl, NULL, 0);
+    CHECK(r.content && r.content_len == 3 * big && r.content[big] == 'b' && last_fast == 2);
+    result_free(&r);
+
+    /* A 5000-byte id: no template, every event read in full. */
+    sl = 0;
+    for (int k = 0; k < 3; k++) {
+        int n = sprintf(ev, "data: {\"id\":\"");
+        memset(ev + n, 'i', 5000);
+        n += 5000;
+        n += sprintf(ev + n, "\",\"choices\":[{\"delta\":{\"content\":\"%c\"}}]}\n\n", 'a' + k);
+        memcpy(stream + sl, ev, (size_t)n);
+        sl += (size_t)n;
+    }
+    stream[sl] = '\0';
+    r = run(SSE, stream, sl, NULL, 0);
+    CHECK(content_is(&r, "abc") && last_fast == 0);
+    result_free(&r);
+
+    /* 40 inert members before the content: the first ones are holes, the rest literal, and
+     * the content (a role) still fits; 40 after it: the same. */
+    for (int after = 0; after < 2; after++) {
+        sl = 0;
+        for (int k = 0; k < 4; k++) {
+            char *p = ev + sprintf(ev, "data: {");
+            if (!after)
+                for (int i = 0; i < 40; i++)
+                    p += sprintf(p, "\"k%d\":%d,", i, k == 3 && i == 39 ? 7 : i);
+            p += sprintf(p, "\"choices\":[{\"delta\":{\"content\":\"%c\"}}]", 'a' + k);
+            if (after)
+                for (int i = 0; i < 40; i++)
+                    p += sprintf(p, ",\"k%d\":\"%d\"", i, k == 3 && i == 39 ? 7 : i);
+            p += sprintf(p, "}\n\n");
+            memcpy(stream + sl, ev, (size_t)(p - ev));
+            sl += (size_t)(p - ev);
+        }
+        stream[sl] = '\0';
+        r = run(SSE, stream, sl, NULL, 0);
+        /* The last event changes member 39, which is literal: read in full. */
+        CHECK(content_is(&r, "abcd") && last_fast == 2);
+        result_free(&r);
+    }
+    free(ev);
+    free(stream);
+}
+
 int main(void) {
     test_stream();
     test_stream_line_ends();
@@ -597,5 +896,14 @@ int main(void) {
     test_api_edges();
     test_request_fields();
     test_agrees_with_jansson();
+    test_fast_hits();
+    test_fast_backoff();
+    test_fast_keys_in_strings();
+    test_fast_shape_changes();
+    test_fast_malformed();
+    test_fast_duplicates();
+    test_fast_usage();
+    test_fast_framing();
+    test_fast_large();
     return TEST_DONE();
 }

@@ -215,6 +215,48 @@ static void test_openai_stream(void) {
                  "DONE]]"));
 }
 
+/* "data:" lines skip the field search; everything that is not exactly that field must still
+ * go the general way. */
+static void test_data_prefix(void) {
+    CHECK(STREAM("data:x\n\ndata: x\n\ndata:  x\n\ndata::x\n\n", "[-|x][-|x][-| x][-|:x]"));
+    CHECK(STREAM("datax: no\ndata : no\ndat: no\ndata\n\n", "[-|]"));
+    CHECK(STREAM("data:\ndata:\n\n", "[-|\n]"));
+    CHECK(STREAM("data: a: b\n\n", "[-|a: b]"));
+    CHECK(STREAM("data: x\nevent: e\ndata:y\n\n", "[e|x\ny]"));
+}
+
+/* A chunk stream as some servers send it: a BOM, CRLF, comments and a last event without its
+ * blank line; every split must give the same events. */
+static void test_crlf_stream(void) {
+    static const char s[] = "\xEF\xBB\xBF: hi\r\n\r\n"
+                            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n"
+                            "data: {\"choices\":\r\ndata: []}\r\n\r\n"
+                            ": keep-alive\r\n\r\n"
+                            "event: done\r\ndata: [DONE]";
+    CHECK(STREAM(s, "[-|{\"choices\":[{\"delta\":{\"content\":\"a\"}}]}][-|{\"choices\":\n[]}]"
+                    "[done|[DONE]]"));
+}
+
+/* A long event split over many reads, then a short one: the first is joined from the line
+ * buffer, the second borrowed from the read. */
+static void test_long_event_in_pieces(void) {
+    size_t n = 100000;
+    char *s = malloc(n + 64);
+    memcpy(s, "data: ", 6);
+    memset(s + 6, 'x', n);
+    memcpy(s + 6 + n, "\r\n\r\ndata: y\r\n\r\n", 15);
+    out_t o = {0};
+    out_add(&o, "", 0);
+    sse_parser_t *p = sse_new(on_event, &o, 1 << 20);
+    for (size_t at = 0; at < n + 21; at += 4096)
+        sse_feed(p, s + at, n + 21 - at < 4096 ? n + 21 - at : 4096);
+    sse_finish(p);
+    sse_free(p);
+    CHECK(o.len == n + 4 + 5 && o.p[3] == 'x' && memcmp(o.p + n + 4, "[-|y]", 5) == 0);
+    free(o.p);
+    free(s);
+}
+
 static void test_null_safety(void) {
     sse_feed(NULL, "x", 1);
     sse_finish(NULL);
@@ -233,6 +275,9 @@ int main(void) {
     test_oversize();
     test_oversize_streamed();
     test_openai_stream();
+    test_data_prefix();
+    test_crlf_stream();
+    test_long_event_in_pieces();
     test_null_safety();
     return TEST_DONE();
 }
