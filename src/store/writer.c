@@ -28,11 +28,11 @@
 #define WRITE_ATTEMPTS       3
 #define WAL_CHECKPOINT_BYTES (16 << 20)
 #define DROP_LOG_NS          (10 * 1000000000LL)
-#define WRITER_CACHE_KIB     2048 /* rows append at the right edge: a bigger cache buys nothing */
+#define WRITER_CACHE_KIB     16384 /* a whole group commit (up to 50 ms of rows) fits without spilling */
 /* Commits at most this often, each with what accumulated meanwhile: at a moderate rate (a
  * request every 100 us) a wake-up per row would mean a transaction per row, the cost the issue
  * measured. A row waits at most this long for its commit (unless the batch fills first). */
-#define GROUP_COMMIT_NS (2 * 1000000LL)
+#define GROUP_COMMIT_NS (50 * 1000000LL)
 
 /* ---- the loop's side ---- */
 
