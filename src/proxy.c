@@ -4,8 +4,9 @@
  * finish), the upstream request's path and headers, which failures fail over and count, the
  * response headers passed back, backpressure, what on_response and the metrics see, and when
  * the exchange is accounted (records.c builds the row and counts, in proxy_finish).
- * Must not: parse HTTP or manage sockets (server.c, upstream.c), touch Lua (hooks.c) or
- * SQLite (store.c), or copy response bytes: they go to the client in the buffer they came in. */
+ * Must not: parse HTTP or manage sockets (http1_server.c, http1_client.c, stream.c), touch Lua
+ * (src/lua/) or the database (src/store/), read config strings (config_current gives the typed
+ * snapshot), or copy response bytes: they go to the client in the buffer they came in. */
 #include "route/proxy.h"
 
 #include <stdio.h>
@@ -194,30 +195,38 @@ static char *build_target(proxy_req_t *p) {
                         (*base || *rest) ? rest : "/", query ? "?" : "", query ? query : "");
 }
 
+/* Appends pieces with no format parsing: this runs for every request. */
+static void append3(buf_t *b, const char *a, const char *v, size_t vlen, const char *c) {
+    buf_appends(b, a);
+    buf_append(b, v, vlen);
+    buf_appends(b, c);
+}
+
 static void append_client_header(buf_t *b, const http_request_t *h, const char *name,
-                                 const char *wire_name) {
+                                 const char *wire_prefix) {
     const route_header_t *v = http_request_header(h, name);
-    if (!v) return;
-    buf_printf(b, "%s: ", wire_name);
-    buf_append(b, v->value, v->value_len);
-    buf_appends(b, "\r\n");
+    if (v) append3(b, wire_prefix, v->value, v->value_len, "\r\n");
 }
 
 static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) {
     const http_request_t *h = p->http;
-    buf_printf(b, "Host: %s\r\n", p->url.host_header);
+    buf_reserve(b, 256);
+    append3(b, "Host: ", p->url.host_header, strlen(p->url.host_header), "\r\n");
     if (p->asis)
-        append_client_header(b, h, "authorization", "Authorization");
+        append_client_header(b, h, "authorization", "Authorization: ");
     else
-        buf_printf(b, "Authorization: Bearer %s\r\n", c->sk);
-    append_client_header(b, h, "content-type", "Content-Type");
-    append_client_header(b, h, "accept", "Accept");
+        append3(b, "Authorization: Bearer ", c->sk, strlen(c->sk), "\r\n");
+    append_client_header(b, h, "content-type", "Content-Type: ");
+    append_client_header(b, h, "accept", "Accept: ");
     /* The body is complete in memory, so it always goes with a Content-Length. */
     size_t body_len = 0;
     http_request_body(h, &body_len);
     if (body_len || http_request_header(h, "content-length") ||
-        http_request_header(h, "transfer-encoding"))
-        buf_printf(b, "Content-Length: %zu\r\n", body_len);
+        http_request_header(h, "transfer-encoding")) {
+        char num[24];
+        int n = snprintf(num, sizeof num, "%zu", body_len);
+        append3(b, "Content-Length: ", num, (size_t)n, "\r\n");
+    }
 }
 
 static void try_next_candidate(proxy_req_t *p) {
@@ -349,7 +358,7 @@ void proxy_handle(http_request_t *http) {
     http_request_set_handler(http, p, on_client_abort, on_client_drain);
 
     p->rreq.http = http;
-    util_uuid4(p->rreq.id);
+    util_uuid7(p->rreq.id, http_request_start_wall_ns(http));
     char *model = NULL;
     size_t body_len = 0;
     const char *body = http_request_body(http, &body_len);

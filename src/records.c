@@ -26,12 +26,9 @@ static char *dup_s(const char *s) {
 }
 
 store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
-    store_record_t *r = store_record_new();
+    store_record_t *r = store_record_new_id(req->id, util_now_wall_ns());
     if (!r) return NULL;
     const http_request_t *hr = req->http;
-    memcpy(r->id, req->id, sizeof r->id);
-    r->id[sizeof r->id - 1] = '\0';
-    r->created_at = util_now_wall_ns();
     r->ip = dup_s(http_request_client_ip(hr));
     size_t body_len = 0;
     const char *body = http_request_body(hr, &body_len);

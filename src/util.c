@@ -153,6 +153,17 @@ int util_random_bytes(void *out, size_t n) {
     return 0;
 }
 
+static void format_uuid(char out[37], const unsigned char b[16]) {
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
 void util_uuid4(char out[37]) {
     unsigned char b[16];
     if (util_random_bytes(b, sizeof b) != 0) {
@@ -164,14 +175,21 @@ void util_uuid4(char out[37]) {
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
+    format_uuid(out, b);
+}
+
+void util_uuid7(char out[37], int64_t wall_ns) {
+    unsigned char b[16];
+    if (util_random_bytes(b + 6, 10) != 0) {
+        util_uuid4(out);
+        return;
     }
-    *o = '\0';
+    uint64_t ms = (uint64_t)(wall_ns / 1000000);
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    format_uuid(out, b);
 }
 
 int util_secure_equal(const char *a, size_t alen, const char *b, size_t blen) {

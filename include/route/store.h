@@ -58,6 +58,8 @@ typedef struct store_record {
     struct store_record *queue_next;
 } store_record_t;
 store_record_t *store_record_new(void);
+/* With the caller's id (a request's, already a v7 uuid) and time: no second id drawn. */
+store_record_t *store_record_new_id(const char *id, int64_t created_at);
 void store_record_free(store_record_t *r);
 
 /* Opens (creating the file and schema, or migrating an older one by ADD COLUMN), reads the

@@ -29,6 +29,9 @@ int util_time_is_never(int64_t wall_ns);
 /* ---- ids and secrets ---- */
 /* Random (v4) UUID text, 36 chars + NUL. */
 void util_uuid4(char out[37]);
+/* Time-ordered (v7, RFC 9562) UUID text: wall_ns's milliseconds first, then 74 random bits.
+ * Rows keyed by it reach an index in order (an append at its right edge). */
+void util_uuid7(char out[37], int64_t wall_ns);
 /* n random bytes from the OS (getrandom). Returns 0 on success. */
 int util_random_bytes(void *out, size_t n);
 /* Compares in time that depends only on the lengths, never on where the bytes differ. */

@@ -454,37 +454,22 @@ void store_upstream_list_free(store_upstream_list_t *l) {
     l->n = 0;
 }
 
-/* A UUIDv7 (RFC 9562): the creation time in milliseconds first, then 74 random bits. Still a
- * uuid for the Go program's `id uuid` column, but rows reach the primary key's index in order:
- * an append at its right edge instead of an insert at a random leaf, which halves the cost of
- * a row at high rates (tests/bench/bench_store.c). */
-static void uuid7(char out[37], int64_t wall_ns) {
-    unsigned char b[16];
-    if (util_random_bytes(b + 6, 10) != 0) {
-        util_uuid4(out);
-        return;
-    }
-    uint64_t ms = (uint64_t)(wall_ns / 1000000);
-    for (int i = 0; i < 6; i++)
-        b[i] = (unsigned char)(ms >> (40 - 8 * i));
-    b[6] = (b[6] & 0x0f) | 0x70;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
-    }
-    *o = '\0';
-}
-
 /* Defaults the caller would otherwise have to fill in for every row: a fresh id and now. */
 store_record_t *store_record_new(void) {
+    int64_t now = util_now_wall_ns();
+    char id[37];
+    /* v7: rows reach the primary key's index in order, an append at its right edge instead of
+     * an insert at a random leaf, which halves the cost of a row at high rates
+     * (tests/bench/bench_store.c). */
+    util_uuid7(id, now);
+    return store_record_new_id(id, now);
+}
+
+store_record_t *store_record_new_id(const char *id, int64_t created_at) {
     store_record_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
-    r->created_at = util_now_wall_ns();
-    uuid7(r->id, r->created_at);
+    snprintf(r->id, sizeof r->id, "%s", id ? id : "");
+    r->created_at = created_at;
     return r;
 }
 

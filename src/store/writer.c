@@ -28,7 +28,8 @@
 #define WRITE_ATTEMPTS       3
 #define WAL_CHECKPOINT_BYTES (16 << 20)
 #define DROP_LOG_NS          (10 * 1000000000LL)
-#define WRITER_CACHE_KIB     16384 /* a whole group commit (up to 50 ms of rows) fits without spilling */
+#define WRITER_CACHE_KIB                                                                           \
+    16384 /* a whole group commit (up to 50 ms of rows) fits without spilling */
 /* Commits at most this often, each with what accumulated meanwhile: at a moderate rate (a
  * request every 100 us) a wake-up per row would mean a transaction per row, the cost the issue
  * measured. A row waits at most this long for its commit (unless the batch fills first). */
