@@ -882,7 +882,9 @@ struct extract {
     size_t content_len, content_cap;
     int has_content, content_full;
 
-    char *model;
+    char *model; /* NULL, or model_buf */
+    char *model_buf;
+    size_t model_cap;
     int has_usage;
     int64_t usage[3];
 
@@ -931,8 +933,22 @@ static char *dup_string(const jstr_t *str) {
     return m;
 }
 
+/* The model in x's own buffer, which a recycled extractor keeps. */
+static void set_model(extract_t *x, const jstr_t *str) {
+    if (str->n + 1 > x->model_cap) {
+        char *m = realloc(x->model_buf, str->n + 1);
+        if (!m) return;
+        x->model_buf = m;
+        x->model_cap = str->n + 1;
+    }
+    int cut;
+    size_t n = decode_string(x->model_buf, str->n, str, &cut);
+    x->model_buf[n] = '\0';
+    x->model = x->model_buf;
+}
+
 static void apply_doc(extract_t *x, const doc_t *d) {
-    if (!x->model && d->has_model && d->model.n) x->model = dup_string(&d->model);
+    if (!x->model && d->has_model && d->model.n) set_model(x, &d->model);
     if (d->has_content)
         add_content(x, &d->content);
     else if (d->has_text)
@@ -986,16 +1002,21 @@ static int media_type_is(const char *ct, size_t len, const char *type) {
     return len == n || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t';
 }
 
-extract_t *extract_new(const char *content_type, size_t content_type_len) {
-    extract_t *x = calloc(1, sizeof(*x));
-    if (!x) return NULL;
-    if (!content_type) return x;
+/* Sets x up for a response with this Content-Type. */
+static void extract_start(extract_t *x, const char *content_type, size_t content_type_len) {
+    if (!content_type) return;
     if (media_type_is(content_type, content_type_len, "text/event-stream")) {
         x->sse = sse_new(on_event, x, EXTRACT_MAX_EVENT);
         if (x->sse) x->kind = KIND_SSE;
     } else if (media_type_is(content_type, content_type_len, "application/json")) {
         x->kind = KIND_JSON;
     }
+}
+
+extract_t *extract_new(const char *content_type, size_t content_type_len) {
+    extract_t *x = calloc(1, sizeof(*x));
+    if (!x) return NULL;
+    extract_start(x, content_type, content_type_len);
     return x;
 }
 
@@ -1047,9 +1068,8 @@ void extract_finish(extract_t *x) {
         doc_t d;
         if (scan_doc(x->body, x->body_len, WANT_RESPONSE, 0, &d, NULL) == 0) apply_doc(x, &d);
     }
-    free(x->body);
-    x->body = NULL;
-    x->body_len = x->body_cap = 0;
+    /* The buffer stays for a recycled extractor (extract_pool_put trims a big one). */
+    x->body_len = 0;
 }
 
 void extract_free(extract_t *x) {
@@ -1058,8 +1078,68 @@ void extract_free(extract_t *x) {
     free(x->tmpl.bytes);
     free(x->body);
     free(x->content);
-    free(x->model);
+    free(x->model_buf);
     free(x);
+}
+
+/* ---- recycling ---- */
+
+#define EXTRACT_POOL_MAX 64
+/* Buffer memory a recycled extractor keeps; bigger ones are freed. */
+#define EXTRACT_KEEP (64 * 1024)
+
+extract_t *extract_pool_get(extract_pool_t *pool, const char *content_type,
+                            size_t content_type_len) {
+    extract_t *x = pool->free;
+    if (!x) return extract_new(content_type, content_type_len);
+    pool->free = *(extract_t **)x; /* the link lives in the first bytes while free */
+    pool->n_free--;
+    char *content = x->content, *body = x->body, *model = x->model_buf;
+    size_t content_cap = x->content_cap, body_cap = x->body_cap, model_cap = x->model_cap;
+    memset(x, 0, sizeof(*x));
+    x->content = content;
+    x->content_cap = content_cap;
+    x->body = body;
+    x->body_cap = body_cap;
+    x->model_buf = model;
+    x->model_cap = model_cap;
+    extract_start(x, content_type, content_type_len);
+    return x;
+}
+
+void extract_pool_put(extract_pool_t *pool, extract_t *x) {
+    if (!x) return;
+    if (pool->n_free >= EXTRACT_POOL_MAX) {
+        extract_free(x);
+        return;
+    }
+    sse_free(x->sse);
+    x->sse = NULL;
+    free(x->tmpl.bytes);
+    x->tmpl.bytes = NULL;
+    if (x->content_cap > EXTRACT_KEEP) {
+        free(x->content);
+        x->content = NULL;
+        x->content_cap = 0;
+    }
+    if (x->body_cap > EXTRACT_KEEP) {
+        free(x->body);
+        x->body = NULL;
+        x->body_cap = 0;
+    }
+    _Static_assert(offsetof(extract_t, kind) == 0, "the free link overlays kind");
+    *(extract_t **)x = pool->free;
+    pool->free = x;
+    pool->n_free++;
+}
+
+void extract_pool_release(extract_pool_t *pool) {
+    while (pool->free) {
+        extract_t *x = pool->free;
+        pool->free = *(extract_t **)x;
+        extract_free(x);
+    }
+    pool->n_free = 0;
 }
 
 const char *extract_content(const extract_t *x, size_t *len) {
@@ -1086,6 +1166,23 @@ void extract_request_fields(const char *body, size_t len, char **model, int *str
     if (stream) *stream = 0;
     if (!body || scan_doc(body, len, WANT_REQUEST, 0, &d, NULL) != 0) return;
     if (model && d.has_model) *model = dup_string(&d.model);
+    if (stream) *stream = d.stream;
+}
+
+void extract_request_fields_arena(const char *body, size_t len, arena_t *arena, char **model,
+                                  int *stream) {
+    doc_t d;
+    if (model) *model = NULL;
+    if (stream) *stream = 0;
+    if (!body || scan_doc(body, len, WANT_REQUEST, 0, &d, NULL) != 0) return;
+    if (model && d.has_model) {
+        char *m = arena_alloc(arena, d.model.n + 1);
+        if (m) {
+            int cut;
+            m[decode_string(m, d.model.n, &d.model, &cut)] = '\0';
+            *model = m;
+        }
+    }
     if (stream) *stream = d.stream;
 }
 

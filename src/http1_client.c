@@ -277,8 +277,9 @@ upstream_req_t *upstream_request(upstream_pool_t *pool, const upstream_request_o
     uv_timer_init(pool->ctx->loop, &r->timer);
     r->timer.data = r;
     r->origin = upstream_origin_get(pool, opts->url);
-    int bad = !r->origin ||
-              buf_printf(&r->head, "%s %s HTTP/1.1\r\n", opts->method, opts->target) != 0 ||
+    int bad = !r->origin || buf_appends(&r->head, opts->method) != 0 ||
+              buf_append(&r->head, " ", 1) != 0 || buf_appends(&r->head, opts->target) != 0 ||
+              buf_append(&r->head, " HTTP/1.1\r\n", 11) != 0 ||
               buf_append(&r->head, opts->headers, opts->headers_len) != 0 ||
               buf_append(&r->head, "\r\n", 2) != 0;
     r->opts.headers = NULL; /* the caller's copy is not kept */

@@ -69,7 +69,7 @@ static http_request_t *request_new(server_conn_t *c) {
     } else if (!(req = calloc(1, sizeof(*req)))) {
         return NULL;
     }
-    arena_init(&req->arena);
+    arena_init_pooled(&req->arena, &srv->ctx->arena_pool);
     req->refs = 1;
     req->srv = srv;
     req->ctx = srv->ctx;
@@ -282,13 +282,21 @@ int http_response_start(http_request_t *req, int status, const char *headers, si
     out->len = 0;
     size_t policy_len;
     const char *policy = router_response_headers(c->srv->router, &policy_len);
-    int rc = buf_printf(out, "HTTP/1.%d %d %s\r\n", http11 ? 1 : 0, status, status_text(status));
+    /* No printf: this runs for every response. */
+    int rc = buf_append(out, http11 ? "HTTP/1.1 " : "HTTP/1.0 ", 9);
+    rc |= buf_append_i64(out, status);
+    rc |= buf_append(out, " ", 1);
+    rc |= buf_appends(out, status_text(status));
+    rc |= buf_append(out, "\r\n", 2);
     if (headers && headers_len) rc |= buf_append(out, headers, headers_len);
     if (policy_len) rc |= buf_append(out, policy, policy_len);
     if (req->response_chunked)
         rc |= buf_appends(out, "Transfer-Encoding: chunked\r\n");
-    else if (content_length >= 0 && status != 204 && status >= 200)
-        rc |= buf_printf(out, "Content-Length: %lld\r\n", (long long)content_length);
+    else if (content_length >= 0 && status != 204 && status >= 200) {
+        rc |= buf_append(out, "Content-Length: ", 16);
+        rc |= buf_append_i64(out, content_length);
+        rc |= buf_append(out, "\r\n", 2);
+    }
     if (req->response_close)
         rc |= buf_appends(out, "Connection: close\r\n");
     else if (!http11)
@@ -316,7 +324,9 @@ int http_response_write(http_request_t *req, const char *data, size_t len, refbu
     unsigned n = 0;
     char frame[24];
     if (req->response_chunked) {
-        int fl = snprintf(frame, sizeof(frame), "%zx\r\n", len);
+        size_t fl = util_fmt_hex(frame, len);
+        frame[fl++] = '\r';
+        frame[fl++] = '\n';
         bufs[n++] = uv_buf_init(frame, (unsigned)fl);
     }
     bufs[n++] = uv_buf_init((char *)data, (unsigned)len);

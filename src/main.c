@@ -220,6 +220,7 @@ out:
     tls_config_free(ctx->tls_client);
     tls_config_free(ctx->tls_server);
     config_state_free(ctx->config);
+    route_ctx_release_caches(ctx);
     uv_loop_close(&loop);
     store_close(store);
     return exit_code;

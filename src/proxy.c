@@ -30,7 +30,8 @@ typedef struct proxy_req {
     size_t n_cands, next;
     route_attempt_t *attempts;
     size_t n_attempts;
-    upstream_url_t url; /* of the current attempt */
+    const upstream_url_t *url;     /* of the current attempt */
+    upstream_url_ref_t **url_refs; /* one per attempt, released at the end */
     upstream_req_t *up;
     extract_t *ex;
     int64_t ttfb_ns;
@@ -44,12 +45,6 @@ static uint64_t to_ms(double seconds) {
     return (uint64_t)(seconds * 1000.0 + 0.5);
 }
 
-/* The endpoint as shown in errors: scheme, host and path only, never a query string. */
-static const char *endpoint_label(proxy_req_t *p, const upstream_url_t *u) {
-    return arena_printf(http_request_arena(p->http), "%s://%s%s", u->tls ? "https" : "http",
-                        u->host_header, u->base_path);
-}
-
 static void respond_error(proxy_req_t *p, int status, const char *type, const char *message) {
     p->status = status;
     p->error = message;
@@ -58,14 +53,34 @@ static void respond_error(proxy_req_t *p, int status, const char *type, const ch
 
 /* ---------------------------------------------------------------- upstream events */
 
+static int name_is(const route_header_t *h, const char *lit, size_t n) {
+    return h->name_len == n && memcmp(h->name, lit, n) == 0;
+}
+
 static int is_hop_by_hop(const route_header_t *h, const route_header_t *connection) {
-    static const char *const drop[] = {
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding",
-        "te",         "trailer",    "upgrade",          "content-length"};
-    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-        if (strcmp(h->name, drop[i]) == 0) return 1;
+    /* By length first: this runs for every response header. */
+    switch (h->name_len) {
+    case 2:
+        if (name_is(h, "te", 2)) return 1;
+        break;
+    case 7:
+        if (name_is(h, "trailer", 7) || name_is(h, "upgrade", 7)) return 1;
+        break;
+    case 10:
+        if (name_is(h, "connection", 10) || name_is(h, "keep-alive", 10)) return 1;
+        break;
+    case 14:
+        if (name_is(h, "content-length", 14)) return 1;
+        break;
+    case 16:
+        if (name_is(h, "proxy-connection", 16)) return 1;
+        break;
+    case 17:
+        if (name_is(h, "transfer-encoding", 17)) return 1;
+        break;
+    }
     /* CORS is ours alone: an upstream's copy would double or contradict it. */
-    if (strncmp(h->name, "access-control-", 15) == 0) return 1;
+    if (h->name_len >= 15 && memcmp(h->name, "access-control-", 15) == 0) return 1;
     if (connection) { /* headers the upstream named in Connection are hop-by-hop too */
         const char *v = connection->value;
         while (*v) {
@@ -116,23 +131,27 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     }
     const route_header_t *connection = NULL, *content_type = NULL;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(headers[i].name, "connection") == 0) connection = &headers[i];
-        if (strcmp(headers[i].name, "content-type") == 0) content_type = &headers[i];
+        if (name_is(&headers[i], "connection", 10)) connection = &headers[i];
+        if (name_is(&headers[i], "content-type", 12)) content_type = &headers[i];
     }
-    buf_t out = {0};
+    /* http_response_start copies the lines, so the loop's scratch buffer holds them. */
+    buf_t *out = &p->ctx->scratch;
+    out->len = 0;
     for (size_t i = 0; i < n; i++) {
         if (is_hop_by_hop(&headers[i], connection)) continue;
-        append_canonical_name(&out, headers[i].name, headers[i].name_len);
-        buf_append(&out, ": ", 2);
-        buf_append(&out, headers[i].value, headers[i].value_len);
-        buf_append(&out, "\r\n", 2);
+        append_canonical_name(out, headers[i].name, headers[i].name_len);
+        buf_append(out, ": ", 2);
+        buf_append(out, headers[i].value, headers[i].value_len);
+        buf_append(out, "\r\n", 2);
     }
     p->sent_head = 1;
     p->status = status;
     p->ttfb_ns = util_now_mono_ns() - http_request_start_mono_ns(p->http);
-    http_response_start(p->http, status, out.data, out.len, content_length);
-    buf_free(&out);
-    if (content_type) p->ex = extract_new(content_type->value, content_type->value_len);
+    http_response_start(p->http, status, out->data, out->len, content_length);
+    out->len = 0;
+    if (content_type)
+        p->ex =
+            extract_pool_get(&p->ctx->extract_pool, content_type->value, content_type->value_len);
 }
 
 static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
@@ -190,9 +209,23 @@ static char *build_target(proxy_req_t *p) {
     const http_request_t *h = p->http;
     const char *rest = http_request_path(h) + 3; /* the path after "/v1" */
     const char *query = http_request_query(h);
-    const char *base = p->url.base_path;
-    return arena_printf(http_request_arena(p->http), "%s%s%s%s", base,
-                        (*base || *rest) ? rest : "/", query ? "?" : "", query ? query : "");
+    const char *base = p->url->base_path;
+    if (!*base && !*rest) rest = "/";
+    size_t bl = strlen(base), rl = strlen(rest), ql = query ? strlen(query) : 0;
+    char *t = arena_alloc(http_request_arena(p->http), bl + rl + (query ? 1 + ql : 0) + 1);
+    if (!t) return NULL;
+    char *o = t;
+    memcpy(o, base, bl);
+    o += bl;
+    memcpy(o, rest, rl);
+    o += rl;
+    if (query) {
+        *o++ = '?';
+        memcpy(o, query, ql);
+        o += ql;
+    }
+    *o = '\0';
+    return t;
 }
 
 /* Appends pieces with no format parsing: this runs for every request. */
@@ -211,7 +244,7 @@ static void append_client_header(buf_t *b, const http_request_t *h, const char *
 static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) {
     const http_request_t *h = p->http;
     buf_reserve(b, 256);
-    append3(b, "Host: ", p->url.host_header, strlen(p->url.host_header), "\r\n");
+    append3(b, "Host: ", p->url->host_header, strlen(p->url->host_header), "\r\n");
     if (p->asis)
         append_client_header(b, h, "authorization", "Authorization: ");
     else
@@ -224,8 +257,8 @@ static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) 
     if (body_len || http_request_header(h, "content-length") ||
         http_request_header(h, "transfer-encoding")) {
         char num[24];
-        int n = snprintf(num, sizeof num, "%zu", body_len);
-        append3(b, "Content-Length: ", num, (size_t)n, "\r\n");
+        size_t n = util_fmt_i64(num, (int64_t)body_len);
+        append3(b, "Content-Length: ", num, n, "\r\n");
     }
 }
 
@@ -235,15 +268,18 @@ static void try_next_candidate(proxy_req_t *p) {
         const route_candidate_t *c = &p->cands[p->next++];
         route_attempt_t *a = &p->attempts[p->n_attempts++];
         memset(a, 0, sizeof(*a));
+        p->url_refs[p->n_attempts - 1] = NULL;
         a->upstream_id = c->id;
-        const char *why;
-        if (upstream_parse_url(http_request_arena(p->http), c->endpoint, &p->url, &why) != 0) {
+        const char *why = NULL, *label = NULL;
+        upstream_url_ref_t *ref = upstream_url_get(ctx, c->endpoint, &p->url, &label, &why);
+        if (!ref) {
             a->endpoint = "(invalid endpoint)";
             a->error = why;
             a->failed = 1;
             continue;
         }
-        a->endpoint = endpoint_label(p, &p->url);
+        p->url_refs[p->n_attempts - 1] = ref;
+        a->endpoint = label;
         p->asis = strcmp(c->sk, "asis") == 0;
 
         const route_config_t *cfg = config_current(ctx);
@@ -253,15 +289,17 @@ static void try_next_candidate(proxy_req_t *p) {
                              : (c->timeout >= 0 ? c->timeout : cfg->timeout);
         double idle = c->idle_timeout >= 0 ? c->idle_timeout : cfg->idle_timeout;
 
-        buf_t hdrs = {0};
-        build_headers(p, c, &hdrs);
+        /* upstream_request copies the header lines: the loop's scratch buffer holds them. */
+        buf_t *hdrs = &ctx->scratch;
+        hdrs->len = 0;
+        build_headers(p, c, hdrs);
         size_t o_body_len = 0;
         upstream_request_opts_t o = {
-            .url = &p->url,
+            .url = p->url,
             .method = http_request_method(p->http),
             .target = build_target(p),
-            .headers = hdrs.data,
-            .headers_len = hdrs.len,
+            .headers = hdrs->data,
+            .headers_len = hdrs->len,
             .body = http_request_body(p->http, &o_body_len),
             .body_len = o_body_len,
             .head_request = strcmp(http_request_method(p->http), "HEAD") == 0,
@@ -269,8 +307,9 @@ static void try_next_candidate(proxy_req_t *p) {
             .header_timeout_ms = to_ms(headers),
             .idle_timeout_ms = to_ms(idle),
         };
-        p->up = o.target && hdrs.data ? upstream_request(ctx->pool, &o, &upstream_events, p) : NULL;
-        buf_free(&hdrs);
+        p->up =
+            o.target && hdrs->data ? upstream_request(ctx->pool, &o, &upstream_events, p) : NULL;
+        hdrs->len = 0;
         if (p->up) return;
         a->error = "out of memory";
         a->failed = 1;
@@ -339,7 +378,9 @@ static void proxy_finish(proxy_req_t *p, int record) {
     if (p->ctx->metrics)
         metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
                                 elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);
-    if (p->ex) extract_free(p->ex);
+    if (p->ex) extract_pool_put(&p->ctx->extract_pool, p->ex);
+    for (size_t i = 0; i < p->n_attempts; i++)
+        upstream_url_release(p->url_refs[i]);
     http_request_set_handler(http, NULL, NULL, NULL);
     http_request_release(http);
 }
@@ -358,15 +399,11 @@ void proxy_handle(http_request_t *http) {
     http_request_set_handler(http, p, on_client_abort, on_client_drain);
 
     p->rreq.http = http;
-    util_uuid7(p->rreq.id, http_request_start_wall_ns(http));
-    char *model = NULL;
+    util_uuid7_rng(&ctx->rng, p->rreq.id, http_request_start_wall_ns(http));
     size_t body_len = 0;
     const char *body = http_request_body(http, &body_len);
-    extract_request_fields(body, body_len, &model, &p->rreq.stream);
-    if (model) {
-        p->rreq.model = arena_strdup(http_request_arena(http), model);
-        free(model);
-    }
+    extract_request_fields_arena(body, body_len, http_request_arena(http), &p->rreq.model,
+                                 &p->rreq.stream);
 
     int status = 403;
     const char *message = NULL;
@@ -388,7 +425,8 @@ void proxy_handle(http_request_t *http) {
         return;
     }
     p->attempts = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->attempts));
-    if (!p->attempts) {
+    p->url_refs = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->url_refs));
+    if (!p->attempts || !p->url_refs) {
         respond_error(p, 500, "server_error", "out of memory");
         proxy_finish(p, 1);
         return;

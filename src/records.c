@@ -6,44 +6,57 @@
  * counter bumps go to the store's queue (store_loop_record, store_loop_upstream_result). */
 #include "route/records.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "route/util.h"
 
-static char *dup_n(const char *s, size_t n) {
-    if (!s) return NULL;
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
-static char *dup_s(const char *s) {
-    return s ? dup_n(s, strlen(s)) : NULL;
-}
+/* The row's strings, laid out after the record in its one allocation. */
+typedef struct {
+    const char *s;
+    size_t n;
+    size_t field; /* offsetof the store_record_t field */
+} piece_t;
 
 store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
-    store_record_t *r = store_record_new_id(req->id, util_now_wall_ns());
-    if (!r) return NULL;
     const http_request_t *hr = req->http;
-    r->ip = dup_s(http_request_client_ip(hr));
     size_t body_len = 0;
     const char *body = http_request_body(hr, &body_len);
-    if (body_len) {
-        r->body = dup_n(body, body_len);
-        r->body_len = r->body ? body_len : 0;
+    const char *ip = http_request_client_ip(hr);
+    const char *model = req->model ? req->model : res->model ? res->model : http_request_path(hr);
+    const route_header_t *ua = http_request_header(hr, "user-agent");
+    piece_t pieces[] = {
+        {ip, ip ? strlen(ip) : 0, offsetof(store_record_t, ip)},
+        {body, body_len, offsetof(store_record_t, body)},
+        {res->content, res->content ? res->content_len : 0, offsetof(store_record_t, response)},
+        {model, model ? strlen(model) : 0, offsetof(store_record_t, model)},
+        {res->upstream_endpoint, res->upstream_endpoint ? strlen(res->upstream_endpoint) : 0,
+         offsetof(store_record_t, upstream_endpoint)},
+        {ua ? ua->value : NULL, ua && ua->value ? ua->value_len : 0,
+         offsetof(store_record_t, user_agent)},
+        {res->error, res->error ? strlen(res->error) : 0, offsetof(store_record_t, error)},
+    };
+    enum { N_PIECES = sizeof(pieces) / sizeof(pieces[0]) };
+    size_t total = 0;
+    for (size_t i = 0; i < N_PIECES; i++)
+        if (pieces[i].n) total += pieces[i].n + 1;
+    store_record_t *r = store_record_new_inline(req->id, util_now_wall_ns(), total);
+    if (!r) return NULL;
+    /* Empty strings stay NULL (the store reads NULL as ""), so no inline string is empty. */
+    char *o = store_record_inline(r);
+    for (size_t i = 0; i < N_PIECES; i++) {
+        if (!pieces[i].n) continue;
+        char **field = (char **)((char *)r + pieces[i].field);
+        memcpy(o, pieces[i].s, pieces[i].n);
+        o[pieces[i].n] = '\0';
+        *field = o;
+        o += pieces[i].n + 1;
     }
-    if (res->content) {
-        r->response = dup_n(res->content, res->content_len);
-        r->response_len = r->response ? res->content_len : 0;
-    }
-    r->model = dup_s(req->model ? req->model : res->model ? res->model : http_request_path(hr));
+    r->body_len = r->body ? body_len : 0;
+    r->response_len = r->response ? res->content_len : 0;
     r->status = res->status;
     r->upstream_id = res->upstream_id;
-    r->upstream_endpoint = dup_s(res->upstream_endpoint);
     if (res->has_usage) {
         r->prompt_tokens = res->prompt_tokens;
         r->completion_tokens = res->completion_tokens;
@@ -51,9 +64,6 @@ store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
     }
     r->elapsed_ns = res->elapsed_ns;
     r->response_time_ns = res->ttfb_ns;
-    const route_header_t *ua = http_request_header(hr, "user-agent");
-    if (ua && ua->value) r->user_agent = dup_n(ua->value, ua->value_len);
-    r->error = dup_s(res->error);
     return r;
 }
 

@@ -13,7 +13,8 @@
 typedef struct upstream_conn upstream_conn_t;
 
 typedef struct origin {
-    char *key;
+    char *host; /* with tls and port: what makes an origin */
+    int tls, port;
     tls_resume_t *resume;  /* the last TLS session, offered by the next connection */
     upstream_conn_t *idle; /* most recently used first */
     size_t n_idle;

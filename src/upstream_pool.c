@@ -224,15 +224,16 @@ void upstream_connect_start(upstream_req_t *r) {
 /* ---------------------------------------------------------------- origins and requests */
 
 origin_t *upstream_origin_get(upstream_pool_t *pool, const upstream_url_t *url) {
-    char key[320];
-    snprintf(key, sizeof(key), "%s|%s|%d", url->tls ? "https" : "http", url->host, url->port);
+    /* Compared field by field, no key text built: this runs for every request. */
     for (origin_t *o = pool->origins; o; o = o->next)
-        if (strcmp(o->key, key) == 0) return o;
+        if (o->port == url->port && o->tls == url->tls && strcmp(o->host, url->host) == 0) return o;
     origin_t *o = calloc(1, sizeof(*o));
-    if (!o || !(o->key = strdup(key))) {
+    if (!o || !(o->host = strdup(url->host))) {
         free(o);
         return NULL;
     }
+    o->tls = url->tls;
+    o->port = url->port;
     o->next = pool->origins;
     pool->origins = o;
     return o;
@@ -256,7 +257,7 @@ upstream_req_t *upstream_req_alloc(upstream_pool_t *pool) {
     }
     http_headers_reset(&r->hh);
     r->pool = pool;
-    arena_init(&r->arena);
+    arena_init_pooled(&r->arena, &pool->ctx->arena_pool);
     return r;
 }
 
@@ -306,7 +307,7 @@ void upstream_pool_free(upstream_pool_t *pool) {
     while (o) {
         origin_t *next = o->next;
         tls_resume_free(o->resume);
-        free(o->key);
+        free(o->host);
         free(o);
         o = next;
     }

@@ -1,13 +1,16 @@
 /* upstream_url.c: upstream endpoint URLs.
  *
  * Owns: parsing "http(s)://host[:port][/path]" into scheme, host (IPv6 without brackets),
- * port, base path and the Host header value.
- * Must not: resolve names, open connections, or allocate outside the caller's arena. */
+ * port, base path and the Host header value, and the per-loop cache of parsed endpoints
+ * (refcounted entries, dropped when the upstreams generation moves).
+ * Must not: resolve names or open connections; upstream_parse_url allocates only in the
+ * caller's arena. */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "route/upstream.h"
+#include "route/store.h"
 
 int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, const char **why) {
     memset(out, 0, sizeof(*out));
@@ -75,4 +78,119 @@ int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, con
         return -1;
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- the per-loop cache */
+
+#define URL_CACHE_MAX 128
+
+struct upstream_url_ref {
+    unsigned refs; /* the cache's own one while listed, plus one per holder */
+    uint64_t hash;
+    upstream_url_ref_t *next;
+    upstream_url_t url;
+    const char *why; /* non-NULL: the endpoint is invalid, for this reason */
+    char *endpoint, *label;
+    arena_t arena; /* the strings above */
+};
+
+struct upstream_url_cache {
+    uint64_t generation;
+    upstream_url_ref_t *entries;
+    size_t n;
+};
+
+static uint64_t hash_str(const char *s, size_t *len) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    const char *p = s;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    *len = (size_t)(p - s);
+    return h;
+}
+
+void upstream_url_release(upstream_url_ref_t *e) {
+    if (!e || --e->refs > 0) return;
+    arena_free(&e->arena);
+    free(e);
+}
+
+static void cache_clear(upstream_url_cache_t *c) {
+    for (upstream_url_ref_t *e = c->entries, *next; e; e = next) {
+        next = e->next;
+        upstream_url_release(e);
+    }
+    c->entries = NULL;
+    c->n = 0;
+}
+
+void upstream_url_cache_free(upstream_url_cache_t *c) {
+    if (!c) return;
+    cache_clear(c);
+    free(c);
+}
+
+static upstream_url_ref_t *entry_new(const char *endpoint, size_t len, uint64_t hash) {
+    upstream_url_ref_t *e = calloc(1, sizeof(*e));
+    if (!e) return NULL;
+    arena_init(&e->arena);
+    e->hash = hash;
+    e->endpoint = arena_strndup(&e->arena, endpoint, len);
+    const char *why = NULL;
+    if (!e->endpoint || upstream_parse_url(&e->arena, e->endpoint, &e->url, &why) != 0) {
+        e->why = why ? why : "out of memory";
+        return e;
+    }
+    /* The label, assembled once: "https://" host_header base_path. */
+    const char *scheme = e->url.tls ? "https://" : "http://";
+    size_t sl = strlen(scheme), hl = strlen(e->url.host_header), bl = strlen(e->url.base_path);
+    e->label = arena_alloc(&e->arena, sl + hl + bl + 1);
+    if (!e->label) {
+        e->why = "out of memory";
+        return e;
+    }
+    memcpy(e->label, scheme, sl);
+    memcpy(e->label + sl, e->url.host_header, hl);
+    memcpy(e->label + sl + hl, e->url.base_path, bl + 1);
+    return e;
+}
+
+upstream_url_ref_t *upstream_url_get(route_ctx_t *ctx, const char *endpoint,
+                                     const upstream_url_t **url, const char **label,
+                                     const char **why) {
+    upstream_url_cache_t *c = ctx->url_cache;
+    if (!c && !(c = ctx->url_cache = calloc(1, sizeof(*c)))) {
+        *why = "out of memory";
+        return NULL;
+    }
+    /* Entries for upstreams that are gone would otherwise stay until the cache fills. */
+    uint64_t gen = ctx->store ? store_loop_upstreams_generation(ctx->store) : 0;
+    if (gen != c->generation) {
+        cache_clear(c);
+        c->generation = gen;
+    }
+    size_t len;
+    uint64_t h = hash_str(endpoint, &len);
+    upstream_url_ref_t *e = c->entries;
+    for (; e; e = e->next)
+        if (e->hash == h && strcmp(e->endpoint, endpoint) == 0) break;
+    if (!e) {
+        if (c->n >= URL_CACHE_MAX) cache_clear(c); /* endpoints from a script, without end */
+        if (!(e = entry_new(endpoint, len, h))) {
+            *why = "out of memory";
+            return NULL;
+        }
+        e->refs = 1;
+        e->next = c->entries;
+        c->entries = e;
+        c->n++;
+    }
+    if (e->why) {
+        *why = e->why;
+        return NULL;
+    }
+    e->refs++;
+    *url = &e->url;
+    *label = e->label;
+    return e;
 }

@@ -32,7 +32,14 @@ int64_t util_now_mono_ns(void) {
     return (int64_t)ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
 }
 
-/* Both Go layouts differ only in the date/time separator and how a zero offset is shown. */
+static char *put2(char *o, int v) {
+    o[0] = (char)('0' + v / 10 % 10);
+    o[1] = (char)('0' + v % 10);
+    return o + 2;
+}
+
+/* Both Go layouts differ only in the date/time separator and how a zero offset is shown.
+ * Digits are placed by hand: the writer formats a time for every row. */
 static size_t format_time(char *buf, size_t cap, int64_t wall_ns, char sep, int zulu) {
     int64_t sec = wall_ns / NS_PER_SEC, frac = wall_ns % NS_PER_SEC;
     if (frac < 0) {
@@ -42,23 +49,52 @@ static size_t format_time(char *buf, size_t cap, int64_t wall_ns, char sep, int 
     time_t t = (time_t)sec;
     struct tm tm;
     localtime_r(&t, &tm);
-    int n = snprintf(buf, cap, "%04d-%02d-%02d%c%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, sep, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    char tmp[64], *o = tmp;
+    int year = tm.tm_year + 1900;
+    if (year < 0 || year > 9999) { /* outside what a clock gives: the general path */
+        int n = snprintf(tmp, sizeof tmp, "%04d", year);
+        o = tmp + (n > 0 && n < 16 ? n : 0);
+    } else {
+        o = put2(o, year / 100);
+        o = put2(o, year % 100);
+    }
+    *o++ = '-';
+    o = put2(o, tm.tm_mon + 1);
+    *o++ = '-';
+    o = put2(o, tm.tm_mday);
+    *o++ = sep;
+    o = put2(o, tm.tm_hour);
+    *o++ = ':';
+    o = put2(o, tm.tm_min);
+    *o++ = ':';
+    o = put2(o, tm.tm_sec);
     if (frac) {
-        char digits[10];
-        snprintf(digits, sizeof digits, "%09lld", (long long)frac);
+        char digits[9];
+        for (int i = 8; i >= 0; i--, frac /= 10)
+            digits[i] = (char)('0' + frac % 10);
         int len = 9;
         while (digits[len - 1] == '0')
             len--;
-        n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, ".%.*s", len, digits);
+        *o++ = '.';
+        memcpy(o, digits, (size_t)len);
+        o += len;
     }
     long off = tm.tm_gmtoff / 60;
-    if (zulu && off == 0)
-        n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Z");
-    else
-        n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "%c%02ld:%02ld", off < 0 ? '-' : '+',
-                      labs(off) / 60, labs(off) % 60);
-    return (size_t)n < cap ? (size_t)n : cap ? cap - 1 : 0;
+    if (zulu && off == 0) {
+        *o++ = 'Z';
+    } else {
+        long a = labs(off);
+        *o++ = off < 0 ? '-' : '+';
+        o = put2(o, (int)(a / 60 % 100));
+        *o++ = ':';
+        o = put2(o, (int)(a % 60));
+    }
+    size_t n = (size_t)(o - tmp);
+    if (cap == 0) return 0;
+    if (n >= cap) n = cap - 1;
+    memcpy(buf, tmp, n);
+    buf[n] = '\0';
+    return n;
 }
 
 size_t util_format_db_time(char *buf, size_t cap, int64_t wall_ns) {
@@ -178,18 +214,48 @@ void util_uuid4(char out[37]) {
     format_uuid(out, b);
 }
 
-void util_uuid7(char out[37], int64_t wall_ns) {
-    unsigned char b[16];
-    if (util_random_bytes(b + 6, 10) != 0) {
-        util_uuid4(out);
-        return;
-    }
+static void uuid7_from(char out[37], unsigned char b[16], int64_t wall_ns) {
     uint64_t ms = (uint64_t)(wall_ns / 1000000);
     for (int i = 0; i < 6; i++)
         b[i] = (unsigned char)(ms >> (40 - 8 * i));
     b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
     format_uuid(out, b);
+}
+
+void util_uuid7(char out[37], int64_t wall_ns) {
+    unsigned char b[16];
+    if (util_random_bytes(b + 6, 10) != 0) {
+        util_uuid4(out);
+        return;
+    }
+    uuid7_from(out, b, wall_ns);
+}
+
+int util_rng_bytes(util_rng_t *rng, void *out, size_t n) {
+    unsigned char *o = out;
+    while (n) {
+        if (rng->avail == 0) {
+            if (util_random_bytes(rng->buf, sizeof rng->buf) != 0) return -1;
+            rng->avail = sizeof rng->buf;
+        }
+        size_t take = n < rng->avail ? n : rng->avail;
+        unsigned char *src = rng->buf + sizeof rng->buf - rng->avail;
+        memcpy(o, src, take);
+        rng->avail -= take;
+        o += take;
+        n -= take;
+    }
+    return 0;
+}
+
+void util_uuid7_rng(util_rng_t *rng, char out[37], int64_t wall_ns) {
+    unsigned char b[16];
+    if (!rng || util_rng_bytes(rng, b + 6, 10) != 0) {
+        util_uuid7(out, wall_ns);
+        return;
+    }
+    uuid7_from(out, b, wall_ns);
 }
 
 int util_secure_equal(const char *a, size_t alen, const char *b, size_t blen) {
@@ -219,8 +285,37 @@ static arena_block_t *arena_block_new(size_t cap) {
     return b;
 }
 
+/* A standard block, from the pool when it has one. */
+static arena_block_t *arena_block_get(arena_t *a) {
+    arena_pool_t *p = a->pool;
+    if (p && p->free) {
+        arena_block_t *b = p->free;
+        p->free = b->next;
+        p->n_free--;
+        b->next = NULL;
+        b->used = 0;
+        return b;
+    }
+    return arena_block_new(ARENA_BLOCK);
+}
+
 void arena_init(arena_t *a) {
     a->head = NULL;
+    a->pool = NULL;
+}
+
+void arena_init_pooled(arena_t *a, arena_pool_t *pool) {
+    a->head = NULL;
+    a->pool = pool;
+}
+
+void arena_pool_release(arena_pool_t *p) {
+    for (arena_block_t *b = p->free, *next; b; b = next) {
+        next = b->next;
+        free(b);
+    }
+    p->free = NULL;
+    p->n_free = 0;
 }
 
 void *arena_alloc(arena_t *a, size_t n) {
@@ -235,7 +330,7 @@ void *arena_alloc(arena_t *a, size_t n) {
     /* A big request gets a block of its own, linked behind the head so the head's free space
      * stays in use for the small allocations that follow. */
     int own = n > ARENA_BLOCK / 4;
-    arena_block_t *b = arena_block_new(own ? n : ARENA_BLOCK);
+    arena_block_t *b = own ? arena_block_new(n) : arena_block_get(a);
     if (!b) return NULL;
     b->used = n;
     if (own && h) {
@@ -273,8 +368,16 @@ char *arena_printf(arena_t *a, const char *fmt, ...) {
 }
 
 void arena_free(arena_t *a) {
+    arena_pool_t *p = a->pool;
+    size_t max = p && p->max_free ? p->max_free : ARENA_POOL_MAX;
     for (arena_block_t *b = a->head, *next; b; b = next) {
         next = b->next;
+        if (p && b->cap == ARENA_BLOCK && p->n_free < max) {
+            b->next = p->free;
+            p->free = b;
+            p->n_free++;
+            continue;
+        }
         free(b);
     }
     a->head = NULL;
@@ -394,6 +497,44 @@ void buf_free(buf_t *b) {
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+/* ---- number text ---- */
+
+size_t util_fmt_i64(char *out, int64_t v) {
+    char tmp[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0) out[len++] = '-';
+    while (n)
+        out[len++] = tmp[--n];
+    out[len] = '\0';
+    return len;
+}
+
+size_t util_fmt_hex(char *out, uint64_t v) {
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[n++] = hex[v & 15];
+        v >>= 4;
+    } while (v);
+    size_t len = 0;
+    while (n)
+        out[len++] = tmp[--n];
+    out[len] = '\0';
+    return len;
+}
+
+int buf_append_i64(buf_t *b, int64_t v) {
+    char num[24];
+    return buf_append(b, num, util_fmt_i64(num, v));
 }
 
 /* ---- refbuf ---- */

@@ -7,6 +7,8 @@
 #include <uv.h>
 
 #include "route/cli.h"
+#include "route/extract.h"
+#include "route/util.h"
 
 typedef struct store store_t;
 typedef struct hooks hooks_t;
@@ -16,6 +18,7 @@ typedef struct tls_config tls_config_t;
 typedef struct metrics metrics_t;
 typedef struct reloader reloader_t;
 typedef struct config_state config_state_t;
+typedef struct upstream_url_cache upstream_url_cache_t;
 
 typedef struct route_ctx {
     uv_loop_t *loop;
@@ -30,6 +33,18 @@ typedef struct route_ctx {
     reloader_t *reloader;
     config_state_t *config; /* the typed snapshot: read it through config_current(ctx) */
     int shutting_down;
+
+    /* Per-loop recycling, so a request in steady state costs no malloc or syscall for these
+     * (loop thread only; route_ctx_release_caches frees them at exit). */
+    util_rng_t rng;                  /* request ids */
+    arena_pool_t arena_pool;         /* blocks of request and upstream response arenas */
+    extract_pool_t extract_pool;     /* response extractors */
+    upstream_url_cache_t *url_cache; /* parsed endpoint URLs (upstream_url_get) */
+    buf_t scratch; /* a loop-thread scratch buffer: its user empties it and is done with it
+                      before calling anything else that may use it */
 } route_ctx_t;
+
+/* Frees what the per-loop recycling above holds; after every request has ended. */
+void route_ctx_release_caches(route_ctx_t *ctx);
 
 #endif

@@ -44,7 +44,11 @@ typedef struct store_upstream_list {
 } store_upstream_list_t;
 void store_upstream_list_free(store_upstream_list_t *l);
 
-/* One row of `records`. Strings are malloc'd and owned by the record; NULL means empty. */
+/* One row of `records`; NULL means empty. Strings are owned by the record: each either
+ * malloc'd on its own or inside the record's one allocation (store_record_new_inline, so a
+ * row costs one malloc); store_record_free frees both kinds. To replace a string use
+ * store_record_set_string (never free() a field yourself: it may be inline). An inline
+ * string is never empty (NULL stands for that). */
 typedef struct store_record {
     char id[37];
     int64_t created_at; /* wall ns */
@@ -56,10 +60,19 @@ typedef struct store_record {
     int64_t prompt_tokens, completion_tokens, total_tokens;
     /* The store's queue link (so queueing a row costs no allocation); callers leave it alone. */
     struct store_record *queue_next;
+    size_t inline_len; /* bytes of string storage right after the struct */
 } store_record_t;
 store_record_t *store_record_new(void);
 /* With the caller's id (a request's, already a v7 uuid) and time: no second id drawn. */
 store_record_t *store_record_new_id(const char *id, int64_t created_at);
+/* With inline_len bytes of string storage after the struct, at store_record_inline(r). */
+store_record_t *store_record_new_inline(const char *id, int64_t created_at, size_t inline_len);
+static inline char *store_record_inline(store_record_t *r) {
+    return (char *)(r + 1);
+}
+/* *field = a malloc'd copy of s[0..n) (NUL-terminated), the old string freed unless inline.
+ * 0, or -1 when out of memory (the field unchanged). */
+int store_record_set_string(store_record_t *r, char **field, const char *s, size_t n);
 void store_record_free(store_record_t *r);
 
 /* Opens (creating the file and schema, or migrating an older one by ADD COLUMN), reads the

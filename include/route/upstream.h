@@ -22,6 +22,18 @@ typedef struct upstream_url {
  * *why set to a static message. */
 int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, const char **why);
 
+/* The parsed form of an endpoint string, from a per-loop cache (ctx->url_cache) keyed by the
+ * string's content, so a request does not parse (or allocate) it again. The entry stays valid
+ * while referenced, even after the cache drops it (the upstreams generation moved, or it
+ * filled up). *label: "scheme://host[:port]/path", as shown in errors (never a query). NULL
+ * with *why set when the URL is invalid or memory ran out. */
+typedef struct upstream_url_ref upstream_url_ref_t;
+upstream_url_ref_t *upstream_url_get(route_ctx_t *ctx, const char *endpoint,
+                                     const upstream_url_t **url, const char **label,
+                                     const char **why);
+void upstream_url_release(upstream_url_ref_t *ref);
+void upstream_url_cache_free(upstream_url_cache_t *cache);
+
 enum upstream_error {
     UPSTREAM_ERR_DNS = 1,
     UPSTREAM_ERR_CONNECT,

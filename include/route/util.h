@@ -32,17 +32,40 @@ void util_uuid4(char out[37]);
 /* Time-ordered (v7, RFC 9562) UUID text: wall_ns's milliseconds first, then 74 random bits.
  * Rows keyed by it reach an index in order (an append at its right edge). */
 void util_uuid7(char out[37], int64_t wall_ns);
-/* n random bytes from the OS (getrandom). Returns 0 on success. */
+/* n random bytes from the OS (getrandom). Returns 0 on success. For secrets (tokens). */
 int util_random_bytes(void *out, size_t n);
+/* A per-loop source of bytes for ids, which need uniqueness, not secrecy: refilled from the
+ * OS in blocks, so drawing an id costs no syscall. Zero-initialized is ready (empty). Not
+ * thread-safe: one per loop or thread. */
+#define UTIL_RNG_BLOCK 4096
+typedef struct util_rng {
+    size_t avail; /* unread bytes at the end of buf */
+    unsigned char buf[UTIL_RNG_BLOCK];
+} util_rng_t;
+int util_rng_bytes(util_rng_t *rng, void *out, size_t n);
+/* util_uuid7 drawing its random bits from rng. */
+void util_uuid7_rng(util_rng_t *rng, char out[37], int64_t wall_ns);
 /* Compares in time that depends only on the lengths, never on where the bytes differ. */
 int util_secure_equal(const char *a, size_t alen, const char *b, size_t blen);
 
 /* ---- arena: request-scoped memory, freed all at once ---- */
 typedef struct arena_block arena_block_t;
+/* A per-loop free list of standard arena blocks, with a ceiling, so a request's arena costs
+ * no malloc in steady state. Zero-initialized is ready (max 0 means ARENA_POOL_MAX). */
+#define ARENA_POOL_MAX 256
+typedef struct arena_pool {
+    arena_block_t *free;
+    size_t n_free, max_free;
+} arena_pool_t;
+/* Frees the blocks on the free list (at exit). */
+void arena_pool_release(arena_pool_t *p);
 typedef struct arena {
     arena_block_t *head;
+    arena_pool_t *pool; /* NULL: blocks come from malloc and go back to free */
 } arena_t;
 void arena_init(arena_t *a);
+/* An arena whose standard blocks come from pool and return to it on arena_free. */
+void arena_init_pooled(arena_t *a, arena_pool_t *pool);
 void *arena_alloc(arena_t *a, size_t n);
 char *arena_strndup(arena_t *a, const char *s, size_t n);
 char *arena_strdup(arena_t *a, const char *s);
@@ -61,6 +84,13 @@ int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 
 /* Appends s as a JSON string literal, quotes included. */
 int buf_append_json_string(buf_t *b, const char *s, size_t n);
 void buf_free(buf_t *b);
+
+/* ---- number text without printf (per-request paths) ---- */
+/* Decimal digits of v into out (>= 21 bytes), NUL-terminated; returns the length. */
+size_t util_fmt_i64(char *out, int64_t v);
+/* Lower-case hex digits of v into out (>= 17 bytes), NUL-terminated; returns the length. */
+size_t util_fmt_hex(char *out, uint64_t v);
+int buf_append_i64(buf_t *b, int64_t v);
 
 /* ---- logging (standard error; never pass a key or a token) ---- */
 enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };

@@ -36,18 +36,15 @@ static int record_box_gc(lua_State *L) {
     return 0;
 }
 
-/* A string field replaces *dst (malloc'd) when set; numbers are accepted as text. */
-static void field_str(lua_State *L, int t, const char *name, char **dst, size_t *len_out) {
+/* A string field replaces *dst (the record's) when set; numbers are accepted as text. */
+static void field_str(lua_State *L, int t, store_record_t *r, const char *name, char **dst,
+                      size_t *len_out) {
     int type = lua_getfield(L, t, name);
     if (type == LUA_TSTRING || type == LUA_TNUMBER) {
         size_t len = 0;
         const char *v = lua_tolstring(L, -1, &len);
-        char *out = malloc(len + 1);
-        if (!out) luaL_error(L, "route.record: out of memory");
-        memcpy(out, v, len);
-        out[len] = '\0';
-        free(*dst);
-        *dst = out;
+        if (store_record_set_string(r, dst, v, len) != 0)
+            luaL_error(L, "route.record: out of memory");
         if (len_out) *len_out = len;
     } else if (type != LUA_TNIL) {
         luaL_error(L, "route.record: field '%s' must be a string, not %s", name,
@@ -82,13 +79,13 @@ static int field_num(lua_State *L, int t, const char *name, double scale, int64_
 
 void lua_api_record_apply(lua_State *L, int t, store_record_t *r) {
     t = lua_absindex(L, t);
-    field_str(L, t, "ip", &r->ip, NULL);
-    field_str(L, t, "body", &r->body, &r->body_len);
-    field_str(L, t, "response", &r->response, &r->response_len);
-    field_str(L, t, "model", &r->model, NULL);
-    field_str(L, t, "upstream_endpoint", &r->upstream_endpoint, NULL);
-    field_str(L, t, "user_agent", &r->user_agent, NULL);
-    field_str(L, t, "error", &r->error, NULL);
+    field_str(L, t, r, "ip", &r->ip, NULL);
+    field_str(L, t, r, "body", &r->body, &r->body_len);
+    field_str(L, t, r, "response", &r->response, &r->response_len);
+    field_str(L, t, r, "model", &r->model, NULL);
+    field_str(L, t, r, "upstream_endpoint", &r->upstream_endpoint, NULL);
+    field_str(L, t, r, "user_agent", &r->user_agent, NULL);
+    field_str(L, t, r, "error", &r->error, NULL);
     int64_t v;
     if (field_num(L, t, "status", 1, &v)) r->status = (int)v;
     field_num(L, t, "upstream_id", 1, &r->upstream_id);

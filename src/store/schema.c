@@ -465,12 +465,36 @@ store_record_t *store_record_new(void) {
     return store_record_new_id(id, now);
 }
 
-store_record_t *store_record_new_id(const char *id, int64_t created_at) {
-    store_record_t *r = calloc(1, sizeof *r);
+store_record_t *store_record_new_inline(const char *id, int64_t created_at, size_t inline_len) {
+    if (inline_len > SIZE_MAX / 2) return NULL;
+    store_record_t *r = malloc(sizeof *r + inline_len);
     if (!r) return NULL;
-    snprintf(r->id, sizeof r->id, "%s", id ? id : "");
+    memset(r, 0, sizeof *r);
+    size_t n = id ? strnlen(id, sizeof r->id - 1) : 0;
+    memcpy(r->id, id ? id : "", n);
+    r->id[n] = '\0';
     r->created_at = created_at;
+    r->inline_len = inline_len;
     return r;
+}
+
+store_record_t *store_record_new_id(const char *id, int64_t created_at) {
+    return store_record_new_inline(id, created_at, 0);
+}
+
+static int is_inline(const store_record_t *r, const char *p) {
+    uintptr_t start = (uintptr_t)(r + 1), at = (uintptr_t)p;
+    return p && at >= start && at < start + r->inline_len;
+}
+
+int store_record_set_string(store_record_t *r, char **field, const char *s, size_t n) {
+    char *copy = malloc(n + 1);
+    if (!copy) return -1;
+    if (n) memcpy(copy, s, n);
+    copy[n] = '\0';
+    if (*field && !is_inline(r, *field)) free(*field);
+    *field = copy;
+    return 0;
 }
 
 void store_record_free(store_record_t *r) {
@@ -478,6 +502,6 @@ void store_record_free(store_record_t *r) {
     char *strings[] = {r->ip,         r->body, r->response, r->model, r->upstream_endpoint,
                        r->user_agent, r->error};
     for (size_t i = 0; i < STORE_COUNT(strings); i++)
-        free(strings[i]);
+        if (!is_inline(r, strings[i])) free(strings[i]);
     free(r);
 }
