@@ -83,6 +83,7 @@ static void on_req_timer(uv_timer_t *t) {
         http1_client_fail(r, r->deferred_kind, r->deferred_msg);
         return;
     }
+    if (!deadline_due(t, &r->deadline, on_req_timer)) return;
     char msg[96];
     const char *what = r->phase == PHASE_CONNECT   ? "connect"
                        : r->phase == PHASE_HEADERS ? "response headers"
@@ -99,10 +100,7 @@ static void req_arm(upstream_req_t *r, enum upstream_phase phase) {
     uint64_t ms = phase == PHASE_CONNECT   ? r->opts.connect_timeout_ms
                   : phase == PHASE_HEADERS ? r->opts.header_timeout_ms
                                            : r->opts.idle_timeout_ms;
-    if (ms)
-        uv_timer_start(&r->timer, on_req_timer, ms, 0);
-    else
-        uv_timer_stop(&r->timer);
+    deadline_set(&r->timer, &r->deadline, ms, on_req_timer);
 }
 
 static int retry_on_fresh_connection(upstream_req_t *r) {
@@ -311,7 +309,7 @@ void upstream_pause(upstream_req_t *r) {
     if (r->finished || r->paused || !r->conn) return;
     r->paused = 1;
     stream_read_stop(r->conn->stream);
-    uv_timer_stop(&r->timer); /* a slow client is not an idle upstream */
+    r->deadline = 0; /* a slow client is not an idle upstream */
 }
 
 void upstream_resume(upstream_req_t *r) {

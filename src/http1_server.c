@@ -30,6 +30,7 @@ struct server_conn {
     server_t *srv;
     stream_t *stream;
     uv_timer_t timer;
+    uint64_t deadline; /* loop ms (deadline_set), 0 while a request is answered */
     llhttp_t parser;
     server_conn_t *prev, *next;
     char client_ip[64];
@@ -406,7 +407,7 @@ static void dispatch(server_conn_t *c, http_request_t *req) {
     req->conn = c;
     c->active = req;
     c->srv->active_requests++;
-    uv_timer_stop(&c->timer);
+    c->deadline = 0;
     router_dispatch(c->srv->router, req);
 }
 
@@ -433,7 +434,7 @@ static int on_message_begin(llhttp_t *p) {
     http_headers_reset(&c->hh);
     c->url.len = 0;
     /* The whole header block must arrive within SLOW_HEADERS_MS, however it trickles in. */
-    uv_timer_start(&c->timer, on_conn_timer, SLOW_HEADERS_MS, 0);
+    deadline_set(&c->timer, &c->deadline, SLOW_HEADERS_MS, on_conn_timer);
     return 0;
 }
 
@@ -486,7 +487,7 @@ static int on_headers_complete(llhttp_t *p) {
         if (stream_write(c->stream, &b, 1, NULL) != 0) return reject(c, 500);
     }
     c->in_body = 1;
-    uv_timer_start(&c->timer, on_conn_timer, BODY_IDLE_MS, 0);
+    deadline_set(&c->timer, &c->deadline, BODY_IDLE_MS, on_conn_timer);
     return 0;
 }
 
@@ -575,7 +576,8 @@ static void conn_process(server_conn_t *c) {
     if (c->pending_off >= c->pending.len) c->pending.len = c->pending_off = 0;
     c->processing = 0;
     if (c->closing || c->shut_down || c->write_failed) return;
-    if (!c->active && !c->reading) uv_timer_start(&c->timer, on_conn_timer, KEEPALIVE_IDLE_MS, 0);
+    if (!c->active && !c->reading)
+        deadline_set(&c->timer, &c->deadline, KEEPALIVE_IDLE_MS, on_conn_timer);
     conn_resume_reading(c);
 }
 
@@ -604,7 +606,7 @@ static void conn_on_bytes(server_conn_t *c, const char *data, size_t len) {
         return;
     }
     /* The header deadline is fixed; the body's is an idle timeout, so it moves on. */
-    if (c->in_body) uv_timer_start(&c->timer, on_conn_timer, BODY_IDLE_MS, 0);
+    if (c->in_body) deadline_set(&c->timer, &c->deadline, BODY_IDLE_MS, on_conn_timer);
     http_request_t *done;
     size_t used = conn_parse(c, data, len, &done);
     if (used < len) pending_append(c, data + used, len - used);
@@ -646,7 +648,10 @@ static const stream_callbacks_t conn_stream_events = {
 
 static void on_conn_timer(uv_timer_t *t) {
     server_conn_t *c = t->data;
-    if (c->active && !c->write_failed) return;
+    if (!c->write_failed) {
+        if (!deadline_due(t, &c->deadline, on_conn_timer)) return;
+        if (c->active) return;
+    }
     /* Slow headers, slow body, an idle keep-alive connection or a dead client: drop it. */
     conn_close(c);
 }
@@ -742,7 +747,7 @@ void http1_conn_start(server_t *srv, stream_t *stream) {
     c->hh.strict_names = 1;
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
-    uv_timer_start(&c->timer, on_conn_timer, SLOW_HEADERS_MS, 0);
+    deadline_set(&c->timer, &c->deadline, SLOW_HEADERS_MS, on_conn_timer);
 }
 
 void http1_server_init(server_t *srv) {

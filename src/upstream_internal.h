@@ -36,6 +36,7 @@ struct upstream_conn {
     origin_t *origin;
     stream_t *stream;
     uv_timer_t idle_timer;
+    uint64_t idle_deadline; /* while in the pool, loop ms (deadline_set) */
     llhttp_t parser;
     refbuf_t *cur_ref; /* the block the parser is reading now */
     upstream_req_t *req;
@@ -57,7 +58,8 @@ struct upstream_req {
     uv_getaddrinfo_t dns;
     struct addrinfo *addrs, *next_addr;
     uv_timer_t timer;
-    buf_t head; /* request line, the caller's header lines, CRLF; kept across recycling */
+    uint64_t deadline; /* of the phase, loop ms (deadline_set); 0: none */
+    buf_t head;        /* request line, the caller's header lines, CRLF; kept across recycling */
 
     arena_t arena; /* response headers */
     http_headers_t hh;

@@ -36,7 +36,7 @@ static void pool_remove(upstream_conn_t *c) {
     c->in_pool = 0;
     o->n_idle--;
     c->pool->n_idle--;
-    uv_timer_stop(&c->idle_timer);
+    c->idle_deadline = 0; /* the timer, if it fires, finds nothing to do */
 }
 
 void upstream_conn_close(upstream_conn_t *c) {
@@ -98,7 +98,9 @@ static const stream_callbacks_t conn_events = {
 };
 
 static void on_pool_idle_timeout(uv_timer_t *t) {
-    upstream_conn_close(t->data);
+    upstream_conn_t *c = t->data;
+    if (deadline_due(t, &c->idle_deadline, on_pool_idle_timeout) && c->in_pool)
+        upstream_conn_close(c);
 }
 
 void upstream_conn_put(upstream_conn_t *c) {
@@ -118,7 +120,7 @@ void upstream_conn_put(upstream_conn_t *c) {
     o->idle = c;
     o->n_idle++;
     c->pool->n_idle++;
-    uv_timer_start(&c->idle_timer, on_pool_idle_timeout, POOL_IDLE_MS, 0);
+    deadline_set(&c->idle_timer, &c->idle_deadline, POOL_IDLE_MS, on_pool_idle_timeout);
 }
 
 upstream_conn_t *upstream_conn_take_idle(origin_t *o) {

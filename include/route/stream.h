@@ -84,4 +84,30 @@ void stream_shutdown(stream_t *s);
 /* Closes now (queued writes are dropped). No callback follows; the stream frees itself. */
 void stream_close(stream_t *s);
 
+/* ---- deadline timers, for both HTTP sides ----
+ * A deadline that moves often (an idle timeout renewed by every read, a keep-alive wait per
+ * request) costs no timer operation when it moves later or goes away: the timer fires at
+ * its old time, sees the deadline (loop ms, 0 = none) and re-arms itself for the rest. */
+static inline void deadline_set(uv_timer_t *t, uint64_t *deadline, uint64_t ms, uv_timer_cb cb) {
+    if (ms == 0) {
+        *deadline = 0;
+        return;
+    }
+    *deadline = uv_now(t->loop) + ms;
+    if (!uv_is_active((uv_handle_t *)t) || uv_timer_get_due_in(t) > ms)
+        uv_timer_start(t, cb, ms, 0);
+}
+/* In the timer's callback: 1 when the deadline has passed (it is cleared), else 0 (none is
+ * set, or the timer was re-armed for the time left). */
+static inline int deadline_due(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb) {
+    if (*deadline == 0) return 0;
+    uint64_t now = uv_now(t->loop);
+    if (now < *deadline) {
+        uv_timer_start(t, cb, *deadline - now, 0);
+        return 0;
+    }
+    *deadline = 0;
+    return 1;
+}
+
 #endif
