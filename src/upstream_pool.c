@@ -207,8 +207,8 @@ void upstream_connect_start(upstream_req_t *r) {
         try_next_address(r, NULL);
         return;
     }
-    char port[8];
-    snprintf(port, sizeof(port), "%d", r->opts.url->port);
+    char port[24];
+    util_fmt_i64(port, r->opts.url->port);
     struct addrinfo hints = {0};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
