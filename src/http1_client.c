@@ -100,7 +100,10 @@ static void req_arm(upstream_req_t *r, enum upstream_phase phase) {
     uint64_t ms = phase == PHASE_CONNECT   ? r->opts.connect_timeout_ms
                   : phase == PHASE_HEADERS ? r->opts.header_timeout_ms
                                            : r->opts.idle_timeout_ms;
-    deadline_set(&r->timer, &r->deadline, ms, on_req_timer);
+    /* Waiting for headers, the timer wakes by the idle timeout at the latest: the body phase
+     * that follows then needs no restart. */
+    uint64_t wake = phase == PHASE_HEADERS ? r->opts.idle_timeout_ms : 0;
+    deadline_set_early(&r->timer, &r->deadline, ms, wake, on_req_timer);
 }
 
 static int retry_on_fresh_connection(upstream_req_t *r) {

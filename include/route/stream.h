@@ -88,14 +88,22 @@ void stream_close(stream_t *s);
  * A deadline that moves often (an idle timeout renewed by every read, a keep-alive wait per
  * request) costs no timer operation when it moves later or goes away: the timer fires at
  * its old time, sees the deadline (loop ms, 0 = none) and re-arms itself for the rest. */
-static inline void deadline_set(uv_timer_t *t, uint64_t *deadline, uint64_t ms, uv_timer_cb cb) {
+/* A timer it has to start wakes after wake_ms when that is sooner (0: no such hint), so a
+ * shorter deadline expected next (the body's idle timeout after the headers') finds it due
+ * soon enough and restarts nothing. */
+static inline void deadline_set_early(uv_timer_t *t, uint64_t *deadline, uint64_t ms,
+                                      uint64_t wake_ms, uv_timer_cb cb) {
     if (ms == 0) {
         *deadline = 0;
         return;
     }
     *deadline = uv_now(t->loop) + ms;
+    if (!wake_ms || wake_ms > ms) wake_ms = ms;
     if (!uv_is_active((uv_handle_t *)t) || uv_timer_get_due_in(t) > ms)
-        uv_timer_start(t, cb, ms, 0);
+        uv_timer_start(t, cb, wake_ms, 0);
+}
+static inline void deadline_set(uv_timer_t *t, uint64_t *deadline, uint64_t ms, uv_timer_cb cb) {
+    deadline_set_early(t, deadline, ms, 0, cb);
 }
 /* In the timer's callback: 1 when the deadline has passed (it is cleared), else 0 (none is
  * set, or the timer was re-armed for the time left). */

@@ -2,7 +2,7 @@
  * and ceiling), the id random source (refills, distinct ids, v7 layout), number text, the
  * one-allocation record (inline strings, replacing one, freeing both kinds), the extractor
  * pool (a recycled extractor starts clean), the endpoint URL cache (hits, invalid endpoints,
- * entries that outlive a generation change) and the deadline timers (moving a deadline later
+ * entries that outlive the cache's reset) and the deadline timers (moving a deadline later
  * costs no restart, and it still fires on time). */
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +234,16 @@ static void test_deadline(void) {
     deadline_set(&d.timer, &d.deadline, 10, on_deadline);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(d.fired == 1 && d.fired_at < start + 5000);
+    /* Woken early: the long deadline does not fire then, and a shorter one set next (the
+     * body's idle timeout after the headers') needs no restart. */
+    d.fired = 0;
+    start = uv_now(&loop);
+    deadline_set_early(&d.timer, &d.deadline, 5000, 20, on_deadline);
+    CHECK(uv_timer_get_due_in(&d.timer) <= 20);
+    deadline_set(&d.timer, &d.deadline, 40, on_deadline);
+    CHECK(uv_timer_get_due_in(&d.timer) <= 20);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(d.fired == 1 && d.fired_at >= start + 40 && d.fired_at < start + 5000);
     /* Cleared: the timer fires and does nothing. */
     d.fired = 0;
     deadline_set(&d.timer, &d.deadline, 10, on_deadline);
