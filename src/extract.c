@@ -1084,9 +1084,10 @@ void extract_free(extract_t *x) {
 
 /* ---- recycling ---- */
 
-#define EXTRACT_POOL_MAX 64
-/* Buffer memory a recycled extractor keeps; bigger ones are freed. */
-#define EXTRACT_KEEP (64 * 1024)
+#define EXTRACT_POOL_MAX 32
+/* Buffer memory a recycled extractor keeps; bigger ones are freed. At most about 1 MiB held
+ * in all, whatever the responses were. */
+#define EXTRACT_KEEP (16 * 1024)
 
 extract_t *extract_pool_get(extract_pool_t *pool, const char *content_type,
                             size_t content_type_len) {
