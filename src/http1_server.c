@@ -55,6 +55,13 @@ static void conn_close(server_conn_t *c);
 static void conn_process(server_conn_t *c);
 static void on_conn_timer(uv_timer_t *t);
 
+/* Every deadline of a connection wakes its timer within SLOW_HEADERS_MS, the shortest: the
+ * next request's header deadline then finds the timer due soon enough, and a connection
+ * costs no timer restart per request (an idle one wakes twice or so before it is dropped). */
+static void conn_deadline(server_conn_t *c, uint64_t ms) {
+    deadline_set_early(&c->timer, &c->deadline, ms, SLOW_HEADERS_MS, on_conn_timer);
+}
+
 /* ---------------------------------------------------------------- requests */
 
 static http_request_t *request_new(server_conn_t *c) {
@@ -434,7 +441,7 @@ static int on_message_begin(llhttp_t *p) {
     http_headers_reset(&c->hh);
     c->url.len = 0;
     /* The whole header block must arrive within SLOW_HEADERS_MS, however it trickles in. */
-    deadline_set(&c->timer, &c->deadline, SLOW_HEADERS_MS, on_conn_timer);
+    conn_deadline(c, SLOW_HEADERS_MS);
     return 0;
 }
 
@@ -487,7 +494,7 @@ static int on_headers_complete(llhttp_t *p) {
         if (stream_write(c->stream, &b, 1, NULL) != 0) return reject(c, 500);
     }
     c->in_body = 1;
-    deadline_set(&c->timer, &c->deadline, BODY_IDLE_MS, on_conn_timer);
+    conn_deadline(c, BODY_IDLE_MS);
     return 0;
 }
 
@@ -576,8 +583,7 @@ static void conn_process(server_conn_t *c) {
     if (c->pending_off >= c->pending.len) c->pending.len = c->pending_off = 0;
     c->processing = 0;
     if (c->closing || c->shut_down || c->write_failed) return;
-    if (!c->active && !c->reading)
-        deadline_set(&c->timer, &c->deadline, KEEPALIVE_IDLE_MS, on_conn_timer);
+    if (!c->active && !c->reading) conn_deadline(c, KEEPALIVE_IDLE_MS);
     conn_resume_reading(c);
 }
 
@@ -606,7 +612,7 @@ static void conn_on_bytes(server_conn_t *c, const char *data, size_t len) {
         return;
     }
     /* The header deadline is fixed; the body's is an idle timeout, so it moves on. */
-    if (c->in_body) deadline_set(&c->timer, &c->deadline, BODY_IDLE_MS, on_conn_timer);
+    if (c->in_body) conn_deadline(c, BODY_IDLE_MS);
     http_request_t *done;
     size_t used = conn_parse(c, data, len, &done);
     if (used < len) pending_append(c, data + used, len - used);
@@ -649,7 +655,7 @@ static const stream_callbacks_t conn_stream_events = {
 static void on_conn_timer(uv_timer_t *t) {
     server_conn_t *c = t->data;
     if (!c->write_failed) {
-        if (!deadline_due(t, &c->deadline, on_conn_timer)) return;
+        if (!deadline_due_early(t, &c->deadline, SLOW_HEADERS_MS, on_conn_timer)) return;
         if (c->active) return;
     }
     /* Slow headers, slow body, an idle keep-alive connection or a dead client: drop it. */
@@ -747,7 +753,7 @@ void http1_conn_start(server_t *srv, stream_t *stream) {
     c->hh.strict_names = 1;
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
-    deadline_set(&c->timer, &c->deadline, SLOW_HEADERS_MS, on_conn_timer);
+    conn_deadline(c, SLOW_HEADERS_MS);
 }
 
 void http1_server_init(server_t *srv) {

@@ -106,16 +106,22 @@ static inline void deadline_set(uv_timer_t *t, uint64_t *deadline, uint64_t ms, 
     deadline_set_early(t, deadline, ms, 0, cb);
 }
 /* In the timer's callback: 1 when the deadline has passed (it is cleared), else 0 (none is
- * set, or the timer was re-armed for the time left). */
-static inline int deadline_due(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb) {
+ * set, or the timer was re-armed for the time left, or wake_ms when that is sooner and not 0,
+ * as deadline_set_early). */
+static inline int deadline_due_early(uv_timer_t *t, uint64_t *deadline, uint64_t wake_ms,
+                                     uv_timer_cb cb) {
     if (*deadline == 0) return 0;
     uint64_t now = uv_now(t->loop);
     if (now < *deadline) {
-        uv_timer_start(t, cb, *deadline - now, 0);
+        uint64_t left = *deadline - now;
+        uv_timer_start(t, cb, wake_ms && wake_ms < left ? wake_ms : left, 0);
         return 0;
     }
     *deadline = 0;
     return 1;
+}
+static inline int deadline_due(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb) {
+    return deadline_due_early(t, deadline, 0, cb);
 }
 
 #endif
