@@ -281,7 +281,7 @@ int http_response_start(http_request_t *req, int status, const char *headers, si
     buf_t *out = &c->head;
     out->len = 0;
     size_t policy_len;
-    const char *policy = router_response_headers(c->srv->router, &policy_len);
+    const char *policy = router_response_headers(c->srv->router, req, &policy_len);
     int rc = buf_printf(out, "HTTP/1.%d %d %s\r\n", http11 ? 1 : 0, status, status_text(status));
     if (headers && headers_len) rc |= buf_append(out, headers, headers_len);
     if (policy_len) rc |= buf_append(out, policy, policy_len);
