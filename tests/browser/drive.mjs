@@ -37,8 +37,10 @@ try {
   browser = await puppeteer.launch({
     executablePath,
     headless: true,
-    // CI runs as root, where Chromium's sandbox cannot start.
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check"],
+    // CI runs as root, where Chromium's sandbox cannot start; a container's /dev/shm may be
+    // too small for it.
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+      "--no-default-browser-check"],
     timeout: timeoutMs,
     protocolTimeout: timeoutMs,
   });

@@ -109,7 +109,8 @@ def run_driver(url):
     """Runs drive.mjs in its own process group; returns (status, its JSON lines, stderr). On a
     timeout (its own or the test's deadline) it kills the driver's group, then the browser's by
     the PID the driver announced (Chromium leads a group of its own), and fails."""
-    proc = subprocess.Popen(["node", "drive.mjs", url, str((DRIVER_TIMEOUT - 15) * 1000)],
+    page_timeout_ms = str((DRIVER_TIMEOUT - 15) * 1000)
+    proc = subprocess.Popen([shutil.which("node") or "node", "drive.mjs", url, page_timeout_ms],
                             cwd=BROWSER_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
