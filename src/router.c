@@ -152,7 +152,9 @@ const char *router_response_headers(const router_t *r, http_request_t *req, size
         *len = 0;
         return "";
     }
-    if (req && strcmp(http_request_method(req), "OPTIONS") == 0) {
+    /* A request refused before its method was parsed (a 431, say) has none. */
+    const char *method = req ? http_request_method(req) : NULL;
+    if (method && strcmp(method, "OPTIONS") == 0) {
         char *line = preflight_allow_line(req);
         if (line) {
             *len = strlen(line);
