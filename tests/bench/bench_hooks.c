@@ -25,6 +25,8 @@
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/http.h"
+/* The fake request is built without a connection: it needs the HTTP core's struct. */
+#include "../../src/http_internal.h"
 #include "route/store.h"
 #include "route/util.h"
 #ifndef HOOKS_OLD_API
