@@ -175,6 +175,23 @@ static void shuffle(default_upstream_t *v, size_t n, uint64_t rng[4]) {
     }
 }
 
+/* The usual list is a handful: insertion sort without qsort's indirection; the order is total
+ * (ids differ), so any sort gives the same answer. */
+static void sort_upstreams(default_upstream_t *v, size_t n,
+                           int (*cmp)(const void *, const void *)) {
+    if (n > 16) {
+        qsort(v, n, sizeof *v, cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        default_upstream_t t = v[i];
+        size_t j = i;
+        for (; j > 0 && cmp(&v[j - 1], &t) > 0; j--)
+            v[j] = v[j - 1];
+        v[j] = t;
+    }
+}
+
 int default_policy_order(const char *policy, default_upstream_t *v, size_t n, uint64_t rng[4],
                          size_t *out_n, char *err, size_t err_cap) {
     const char *name = policy && *policy ? policy : "main";
@@ -197,14 +214,14 @@ int default_policy_order(const char *policy, default_upstream_t *v, size_t n, ui
     }
     switch (p) {
     case P_MAIN:
-        qsort(v, n, sizeof *v, by_health);
+        sort_upstreams(v, n, by_health);
         break;
     case P_RANDOM:
     case P_RANDOM_AVAILABLE:
         shuffle(v, n, rng);
         break;
     default:
-        qsort(v, n, sizeof *v, by_last_success);
+        sort_upstreams(v, n, by_last_success);
         break;
     }
     *out_n = n;
@@ -289,7 +306,8 @@ static int64_t opt_int_field(lua_State *L, int t, const char *name) {
 static int l_pick_upstream(lua_State *L) {
     lua_api_host_t *host = lua_touserdata(L, lua_upvalueindex(1));
     luaL_checktype(L, 2, LUA_TTABLE);
-    size_t n = luaL_len(L, 2) > 0 ? (size_t)luaL_len(L, 2) : 0;
+    lua_Integer len = luaL_len(L, 2);
+    size_t n = len > 0 ? (size_t)len : 0;
     if (n > 100000) return luaL_error(L, "pick_upstream: too many upstreams");
     default_upstream_t stack_v[STACK_UPSTREAMS];
     default_upstream_t *v = n <= STACK_UPSTREAMS ? stack_v : lua_newuserdatauv(L, n * sizeof *v, 0);

@@ -936,6 +936,42 @@ static void test_c_policies(void) {
     for (int id = 1; id <= 5; id++)
         CHECK(first[id] > 450 && first[id] < 750); /* 600 expected */
 
+    /* Short lists and long ones (sorted another way) follow the same order. */
+    for (size_t len = 3; len <= 40; len += 37) {
+        default_upstream_t big[40];
+        uint64_t x = 99;
+        for (size_t i = 0; i < len; i++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned r = (unsigned)(x >> 33);
+            big[i] = (default_upstream_t){(int64_t)(len - i), r % 3,
+                                          (r >> 2) % 2,       (double)((r >> 3) % 3),
+                                          (r >> 5) % 3 != 0,  i};
+        }
+        size_t k = 0;
+        char err[200];
+        CHECK(default_policy_order("main", big, len, rng, &k, err, sizeof err) == 0 && k == len);
+        int sorted = 1;
+        for (size_t i = 1; i < k; i++) {
+            const default_upstream_t *a = &big[i - 1], *b = &big[i];
+            if (a->failed_count != b->failed_count     ? a->failed_count > b->failed_count
+                : a->success_count != b->success_count ? a->success_count < b->success_count
+                                                       : a->id > b->id)
+                sorted = 0;
+        }
+        CHECK(sorted);
+        CHECK(default_policy_order("round_robin", big, len, rng, &k, err, sizeof err) == 0);
+        sorted = 1;
+        for (size_t i = 1; i < k; i++) {
+            const default_upstream_t *a = &big[i - 1], *b = &big[i];
+            if (a->has_last_success != b->has_last_success ? a->has_last_success
+                : a->has_last_success && a->last_success != b->last_success
+                    ? a->last_success > b->last_success
+                    : a->id > b->id)
+                sorted = 0;
+        }
+        CHECK(sorted);
+    }
+
     views(v, rows, n);
     order_ids("fastest", v, n, rng, out, sizeof out);
     CHECK(strcmp(out, "ERR:unknown load balance policy 'fastest'") == 0);
