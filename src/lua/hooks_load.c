@@ -247,6 +247,19 @@ static int run_load(hooks_t *h, load_job_t *job, char **msg) {
     return 0;
 }
 
+/* Runs a load; a failure's message names the operator's file in full and goes to *err (or is
+ * dropped when err is NULL). 0 or -1. */
+static int load_reporting(hooks_t *h, load_job_t *job, char **err) {
+    char *msg = NULL;
+    if (run_load(h, job, &msg) == 0) return 0;
+    msg = with_path(h, msg);
+    if (err)
+        *err = msg;
+    else
+        free(msg);
+    return -1;
+}
+
 hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
     if (err) *err = NULL;
     hooks_t *h = calloc(1, sizeof *h);
@@ -266,13 +279,7 @@ hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
     if (!h->L) goto oom;
 
     load_job_t job = {h, 1, 0, NULL};
-    char *msg = NULL;
-    if (run_load(h, &job, &msg) != 0) {
-        msg = with_path(h, msg);
-        if (err)
-            *err = msg;
-        else
-            free(msg);
+    if (load_reporting(h, &job, err) != 0) {
         hooks_free(h);
         return NULL;
     }
@@ -293,16 +300,7 @@ oom:
 int hooks_reload(hooks_t *h, char **err) {
     if (err) *err = NULL;
     load_job_t job = {h, 0, 0, NULL};
-    char *msg = NULL;
-    if (run_load(h, &job, &msg) != 0) {
-        msg = with_path(h, msg);
-        if (err)
-            *err = msg;
-        else
-            free(msg);
-        return -1;
-    }
-    return 0;
+    return load_reporting(h, &job, err);
 }
 
 void hooks_free(hooks_t *h) {
