@@ -43,6 +43,7 @@ static const key_spec_t keys[] = {
     {"hook_memory_limit_mb", T_INT, OFF(hook_memory_limit_mb), 1, 1048576, 256, NULL},
     {"hook_time_limit_ms", T_MILLIS, OFF(hook_time_limit_ms), 1, 3600000, 50, NULL},
     {"records_queue_max", T_INT, OFF(records_queue_max), 1, 100000000, 100000, NULL},
+    {"records_queue_max_mb", T_INT, OFF(records_queue_max_mb), 1, 1048576, 64, NULL},
     {"metrics_public", T_BOOL, OFF(metrics_public), 0, 1, 0, NULL},
     {"policy", T_STRING, OFF(policy), 0, 0, 0, "main"},
     {"authorization", T_TOKENS, OFF(tokens), 0, 0, 0, ""},
@@ -214,6 +215,7 @@ static const route_config_t compiled_defaults = {
     .hook_memory_limit_mb = 256,
     .hook_time_limit_ms = 50,
     .records_queue_max = 100000,
+    .records_queue_max_mb = 64,
     .metrics_public = 0,
     .policy = "main",
     .tokens = NULL, /* accepts nothing */
@@ -283,6 +285,8 @@ const route_config_t *config_current(struct route_ctx *ctx) {
     s->generation = gen;
     s->valid = 1;
     /* The store may not read config itself (no config.h there): a changed bound applies now. */
-    if (ctx->store) store_loop_set_records_queue_max(ctx->store, (size_t)c->records_queue_max);
+    if (ctx->store)
+        store_loop_set_records_queue_max(ctx->store, (size_t)c->records_queue_max,
+                                         (size_t)c->records_queue_max_mb << 20);
     return c;
 }

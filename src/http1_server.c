@@ -289,7 +289,7 @@ int http_response_start(http_request_t *req, int status, const char *headers, si
     buf_t *out = &c->head;
     out->len = 0;
     size_t policy_len;
-    const char *policy = router_response_headers(c->srv->router, &policy_len);
+    const char *policy = router_response_headers(c->srv->router, req, &policy_len);
     /* No printf: this runs for every response. */
     int rc = buf_append(out, http11 ? "HTTP/1.1 " : "HTTP/1.0 ", 9);
     rc |= buf_append_i64(out, status);

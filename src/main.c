@@ -169,7 +169,9 @@ int main(int argc, char **argv) {
         exit_code = 1;
         goto out;
     }
-    store_loop_set_records_queue_max(store, (size_t)config_current(ctx)->records_queue_max);
+    const route_config_t *cfg = config_current(ctx);
+    store_loop_set_records_queue_max(store, (size_t)cfg->records_queue_max,
+                                     (size_t)cfg->records_queue_max_mb << 20);
     ctx->hooks = hooks_new(ctx, opts.scripts, &err);
     if (!ctx->hooks) {
         fprintf(stderr, "cannot load scripts: %s\n", err ? err : "unknown error");

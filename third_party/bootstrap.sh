@@ -11,6 +11,8 @@ packages=(
   # tests/bench/bench.sh (its --quick run is a ctest): the load generator and the two proxies
   # it compares against. linux-perf is optional (bench.sh --perf installs it when asked).
   wrk nginx haproxy
+  # tests/integration/test_browser.py: a real browser (headless), driven by puppeteer-core.
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -24,6 +24,7 @@ typedef struct route_config {
     double hook_time_limit_ms;
     /* Records. */
     int64_t records_queue_max;
+    int64_t records_queue_max_mb;
     int metrics_public;
     const char *policy;          /* "main" */
     const auth_tokens_t *tokens; /* parsed `authorization` */

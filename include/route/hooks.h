@@ -15,9 +15,10 @@
 typedef struct route_req {
     http_request_t *http; /* method, path, query, headers, body, client_ip */
     char id[37];
-    char *model;      /* the body's top-level "model", or NULL */
-    int stream;       /* the body's top-level "stream" is true */
-    int obj_ref;      /* the request's Lua object (lua_req.c); 0: no hook has seen it yet */
+    char *model;           /* the body's top-level "model", or NULL */
+    int stream;            /* the body's top-level "stream" is true */
+    int obj_ref;           /* the request's Lua object (lua_req.c); 0: no Lua hook has seen it */
+    struct hookset *hooks; /* the hook table it pinned on its first hook (hooks.c); NULL before */
     int recorded_own; /* a script wrote this request's row itself (route.record{id = req.id}) */
 } route_req_t;
 

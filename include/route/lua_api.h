@@ -33,6 +33,13 @@ typedef struct lua_api_host {
     size_t ups_n;
     lua_api_upstream_seen_t *ups_seen;
     int overlay_used; /* a hook added fields to a cached upstream table this call */
+
+    /* The default hooks' own state (default_hooks.c): the loop's PRNG for the random
+     * policies (xoshiro256**, seeded from util_random_bytes), and the stored `noauth` key
+     * as of a config generation. */
+    uint64_t rng[4];
+    int noauth_valid, noauth_stored;
+    uint64_t noauth_generation;
 } lua_api_host_t;
 
 /* Creates the route module once per state (global `route`, package.loaded.route, with an
@@ -49,6 +56,8 @@ void lua_api_open_record(lua_State *L, lua_api_host_t *host);    /* lua_api_reco
 void lua_api_open_http(lua_State *L, lua_api_host_t *host);      /* lua_api_http.c */
 void lua_api_open_util(lua_State *L, lua_api_host_t *host);      /* lua_api_util.c */
 
+void lua_api_open_defaults(lua_State *L, lua_api_host_t *host); /* default_hooks.c */
+
 /* Sets route.defaults to the table at idx (the embedded default hooks, for scripts that
  * wrap them). Raises on error. */
 void lua_api_set_defaults(lua_State *L, int idx);
@@ -63,6 +72,45 @@ void lua_api_push_upstreams(lua_State *L, lua_api_host_t *host);
 /* A hook call ended: forgets the per-call fields added to cached upstream tables. Never
  * raises. */
 void lua_api_call_done(lua_State *L, lua_api_host_t *host);
+
+/* ---- the default hooks in C (default_hooks.c) ----
+ * authorize, pick_upstream and on_response as scripts/route.lua documents them, written in C.
+ * Each exists twice over one implementation: as a C function value, route.defaults.<name>
+ * (what the embedded route.lua returns, and what an operator's script may wrap), and as a
+ * native entry that hooks.c calls directly when a request's hook table holds that very
+ * function value, with no Lua at all. */
+
+/* Pushes a fresh table {authorize, pick_upstream, on_response} of the C functions (the same
+ * function values every time, so a hook table can be checked against them by identity).
+ * Raises on error. */
+void lua_api_push_c_defaults(lua_State *L);
+
+/* One upstream as the policies see it; index is its position in the caller's list. */
+typedef struct default_upstream {
+    int64_t id, success_count, failed_count;
+    double last_success; /* float seconds since the epoch, as Lua sees it */
+    int has_last_success;
+    size_t index;
+} default_upstream_t;
+
+/* Orders v[0..n) in place for policy (NULL or "": "main") and sets *out_n to how many are
+ * kept, in front: main by health (fewest failures, then most successes, then id);
+ * round_robin by oldest last success, never-used first, then id; random a shuffle; the
+ * _available forms first drop upstreams with failures. rng is the caller's PRNG state.
+ * Returns 0, or -1 with the message of route.lua's pick_upstream in err. */
+int default_policy_order(const char *policy, default_upstream_t *v, size_t n, uint64_t rng[4],
+                         size_t *out_n, char *err, size_t err_cap);
+
+/* The native entries, for hooks.c. */
+/* 1 allowed, 0 refused (*status 403, *message a static string). Never fails. */
+int default_authorize(lua_api_host_t *host, route_req_t *req, int *status, const char **message);
+/* 0 with an arena array of candidates (keys and endpoints copied into the request's arena), or
+ * -1 with a malloc'd, redacted message in *err. */
+int default_pick_upstream(lua_api_host_t *host, route_req_t *req, route_candidate_t **out,
+                          size_t *n, char **err);
+/* The error notice (FEISHU_WEBHOOK / MATRIX_API) when the exchange failed and the client did
+ * not go away; nothing otherwise. */
+void default_on_response(lua_api_host_t *host, route_req_t *req, const route_res_t *res);
 
 /* Copies every column set in the table at idx (ip, body, response, model, upstream_endpoint,
  * user_agent, error, status, upstream_id, prompt_tokens, completion_tokens, total_tokens,

@@ -25,8 +25,10 @@ int router_add(router_t *r, const char *path, int match, route_handler_fn fn);
 route_handler_fn router_find(const router_t *r, const char *path);
 /* Answers req: OPTIONS with an empty 200, a registered handler, or a 404 JSON error. */
 void router_dispatch(const router_t *r, http_request_t *req);
-/* Header lines added to every response ("Name: value\r\n"...; CORS by default). */
-const char *router_response_headers(const router_t *r, size_t *len);
+/* Header lines added to every response to req ("Name: value\r\n"...; CORS by default; for a
+ * preflight, Access-Control-Allow-Headers also names what it asked for). req may be NULL (an
+ * answer to no parsed request). The text lives in static memory or req's arena. */
+const char *router_response_headers(const router_t *r, http_request_t *req, size_t *len);
 /* Turns the CORS headers (and the OPTIONS answer) off or on. */
 void router_set_cors(router_t *r, int on);
 

@@ -58,8 +58,10 @@ typedef struct store_record {
     int status;
     int64_t upstream_id; /* 0: none */
     int64_t prompt_tokens, completion_tokens, total_tokens;
-    /* The store's queue link (so queueing a row costs no allocation); callers leave it alone. */
+    /* The store's queue link (so queueing a row costs no allocation) and the bytes the row
+     * holds while queued (set by the store); callers leave both alone. */
     struct store_record *queue_next;
+    size_t queue_bytes;
     size_t inline_len; /* bytes of string storage right after the struct */
 } store_record_t;
 store_record_t *store_record_new(void);
@@ -134,18 +136,21 @@ uint64_t store_loop_config_generation(const store_t *s);
 uint64_t store_loop_upstreams_generation(const store_t *s);
 /* Updates the cache now and queues the write. */
 void store_loop_config_set(store_t *s, const char *key, const char *value);
-/* Queues a row; takes ownership of r. Past the queue bound the oldest queued row is dropped
- * (counted in store_stats, logged at most once per 10 s). */
+/* Queues a row; takes ownership of r. Past either queue bound (rows, bytes) the oldest queued
+ * rows are dropped (counted in store_stats, logged at most once per 10 s). */
 void store_loop_record(store_t *s, store_record_t *r);
 /* Counts success_count+1 & last_call_success_time=now, or failed_count+1, in the cache now;
  * the writer folds them into one UPDATE per upstream per batch. */
 void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success);
-/* The bound on queued rows (config key records_queue_max, default 100000); at least 1. */
-void store_loop_set_records_queue_max(store_t *s, size_t max);
+/* The bounds on queued rows (config key records_queue_max, default 100000) and on the bytes
+ * they hold (records_queue_max_mb, default 64 MiB); at least 1 each. The writer holds at most
+ * one batch (WRITE_BATCH_MAX rows) outside these while it writes it. */
+void store_loop_set_records_queue_max(store_t *s, size_t max_rows, size_t max_bytes);
 
 /* Writer figures, for /metrics. Any thread. */
 typedef struct store_stats {
     uint64_t queue_depth;   /* rows queued, not yet taken by the writer */
+    uint64_t queue_bytes;   /* the bytes those rows hold */
     uint64_t dropped_total; /* rows dropped past the bound */
     uint64_t written_total; /* rows committed */
     /* Snapshots re-read because another connection committed (never the writer's own). */

@@ -1,10 +1,21 @@
 /* hooks.c: the three hook calls.
  *
- * Owns: calling authorize / pick_upstream / on_response with the request's one Lua object
- * (lua_req.c), reading their answers (verdict, candidate list, veto or additions to the row),
- * pinning each request to the hook table it started with, and ending the request's object.
+ * Owns: calling authorize / pick_upstream / on_response, natively or in Lua with the
+ * request's one Lua object (lua_req.c), reading their answers (verdict, candidate list, veto
+ * or additions to the row), pinning each request to the hook set it started with, and ending
+ * the request's object.
  * Must not: build records or count (records.c does, whatever a hook does), do network or
- * file I/O, keep a request reachable from Lua after it ended, or log a key or a token. */
+ * file I/O, keep a request reachable from Lua after it ended, or log a key or a token.
+ *
+ * How a hook is called: a hook is a function value in the table the request pinned. When that
+ * value is one of route.defaults' C functions (default_hooks.c; hooks_load.c checks the
+ * values by identity once per loaded table), calling it needs no Lua at all, as a C function
+ * needs no Lua frame when Lua calls it: C runs the implementation directly, with no protected
+ * call, no req object and no upstream tables. Any other value (an operator's function, a Lua
+ * wrapper around a default) runs in Lua, and a request gets its req object on the first hook
+ * that does. This is not a fast path for the embedded script: it is what calling a C
+ * function value means, for whichever table holds one; an operator who overrides one hook
+ * runs that one in Lua and keeps the other two in C. */
 #include "hooks_internal.h"
 
 #include <stdio.h>
@@ -32,10 +43,29 @@ typedef struct call {
     int veto;
 } call_t;
 
-/* A request keeps the hook table it started with, so a reload in the middle of it (between
+/* A request keeps the hook set it started with, so a reload in the middle of it (between
  * authorize and on_response) does not hand it half to the old script, half to the new. */
+static hookset_t *pin(hooks_t *h, route_req_t *req) {
+    if (!req->hooks) {
+        req->hooks = h->current;
+        h->current->refs++;
+    }
+    return req->hooks;
+}
+
+void hookset_unpin(hooks_t *h, hookset_t *s) {
+    if (--s->refs > 0) return;
+    for (hookset_t **pp = &h->retired; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    luaL_unref(h->L, LUA_REGISTRYINDEX, s->table_ref);
+    free(s);
+}
+
 static void push_hook(lua_State *L, route_req_t *req, const char *name) {
-    lua_req_push_hooks(L, req);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, req->hooks->table_ref);
     if (!lua_istable(L, -1)) luaL_error(L, "hooks are not loaded");
     lua_getfield(L, -1, name);
     if (!lua_isfunction(L, -1)) luaL_error(L, "no '%s' hook", name);
@@ -75,6 +105,8 @@ static int authorize_p(lua_State *L) {
 }
 
 int hooks_authorize(hooks_t *h, route_req_t *req, int *status, const char **message) {
+    if (pin(h, req)->c_default & HOOK_AUTHORIZE)
+        return default_authorize(&h->host, req, status, message);
     call_t c = {.h = h, .req = req};
     char *err = NULL;
     if (run_call(&c, authorize_p, &err) != 0) {
@@ -182,7 +214,10 @@ int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, s
     char *err = NULL;
     *out = NULL;
     *n = 0;
-    if (run_call(&c, pick_p, &err) != 0) {
+    int rc = pin(h, req)->c_default & HOOK_PICK_UPSTREAM
+                 ? default_pick_upstream(&h->host, req, &c.cands, &c.n_cands, &err)
+                 : run_call(&c, pick_p, &err);
+    if (rc != 0) {
         /* "No upstream" is the operator's configuration, not a hook failure. */
         route_log(LOG_WARN, "hooks: pick_upstream: %s", err);
         *message = arena_strdup(http_request_arena(req->http), err);
@@ -209,6 +244,16 @@ static int on_response_p(lua_State *L) {
 }
 
 void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res, store_record_t **rec) {
+    if (pin(h, req)->c_default & HOOK_ON_RESPONSE) {
+        /* Nothing to observe unless it failed; a row an earlier Lua hook wrote itself
+         * (route.record{id = req.id}) still replaces C's. */
+        if (res->error) default_on_response(&h->host, req, res);
+        if (req->recorded_own && rec && *rec) {
+            store_record_free(*rec);
+            *rec = NULL;
+        }
+        return;
+    }
     call_t c = {.h = h, .req = req, .res = res, .rec = rec ? *rec : NULL};
     char *err = NULL;
     int rc = run_call(&c, on_response_p, &err);
@@ -238,4 +283,8 @@ void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res, sto
 
 void hooks_release(hooks_t *h, route_req_t *req) {
     lua_req_end(h->L, req);
+    if (req->hooks) {
+        hookset_unpin(h, req->hooks);
+        req->hooks = NULL;
+    }
 }

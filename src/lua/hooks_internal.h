@@ -13,16 +13,30 @@
 #include "route/lua_api.h"
 #include "route/store.h"
 
-#define REG_HOOKS      "route.hooks"
 #define REG_BASELINE   "route.baseline_modules"
 #define EMBEDDED_CHUNK "=route.lua (embedded)"
 #define SCRIPT_NAME    "route.lua"
+
+/* One loaded hook table. Requests pin the set they started with (route_req_t.hooks), so a
+ * reload in the middle of a request does not hand it half to the old script, half to the
+ * new; a set that is no longer the current one lives until its last request is released. */
+enum { HOOK_AUTHORIZE = 1, HOOK_PICK_UPSTREAM = 2, HOOK_ON_RESPONSE = 4 };
+typedef struct hookset {
+    int table_ref; /* registry: the merged hook table */
+    /* HOOK_* bits: the table's value for that hook is route.defaults' own C function
+     * (checked by identity when the table loaded), which hooks.c calls natively. */
+    unsigned c_default;
+    int refs;             /* pinned requests, plus one while it is the current set */
+    struct hookset *next; /* in hooks_t.retired */
+} hookset_t;
 
 struct hooks {
     route_ctx_t *ctx;
     lua_State *L;
     char *scripts_dir; /* NULL: embedded hooks only */
     lua_api_host_t host;
+    hookset_t *current; /* what new requests pin */
+    hookset_t *retired; /* replaced by a reload, still pinned by a request */
 
     /* Budgets of the current top-level call, re-read from config before each call so a -set
      * takes effect on the next request. */
@@ -34,6 +48,11 @@ struct hooks {
     size_t mem_limit; /* bytes for the whole state */
     size_t mem_used;
 };
+
+/* ---- hooks.c ---- */
+/* Drops one pin of the set; the last one (of a retired set) unlinks it from h->retired, lets
+ * go of its table and frees it. Never raises. */
+void hookset_unpin(hooks_t *h, hookset_t *s);
 
 /* ---- lua_vm.c ---- */
 /* A fresh state with the budgeting allocator and count hook; NULL when out of memory. */
@@ -50,9 +69,6 @@ void lua_req_push(lua_State *L, route_req_t *req);
 /* The pin table of the request (created on demand): values C keeps pointers into (the sk and
  * endpoint strings of its candidates) live as long as the request. Raises. */
 void lua_req_push_pins(lua_State *L, route_req_t *req);
-/* The hook table the request started with (pinned on its first hook, so a reload in the
- * middle of a request does not hand it half to the old script, half to the new). Raises. */
-void lua_req_push_hooks(lua_State *L, route_req_t *req);
 /* The request ended: its object, wherever a script kept it, raises when read. Never raises. */
 void lua_req_end(lua_State *L, route_req_t *req);
 

@@ -2,8 +2,9 @@
  *
  * Owns: creating the hooks_t and its state (libraries, the route module), running the
  * embedded default hooks and the operator's scripts/route.lua over them, checking the table
- * it returns, hot reload (dropping the script's own modules so edited helpers load again),
- * and hooks_free.
+ * it returns, which of its hooks are route.defaults' C functions, the hook sets (the current
+ * one and those a reload replaced while requests still pin them), hot reload (dropping the
+ * script's own modules so edited helpers load again), and hooks_free.
  * Must not: run on a request's path (reading the script file is blocking I/O: start-up and
  * reload only), call hooks, or replace the running hook table before a new one loaded whole. */
 #include "hooks_internal.h"
@@ -22,10 +23,13 @@
 
 static const char *const hook_names[] = {"authorize", "pick_upstream", "on_response"};
 
+static const unsigned hook_bits[] = {HOOK_AUTHORIZE, HOOK_PICK_UPSTREAM, HOOK_ON_RESPONSE};
+
 typedef struct load_job {
     hooks_t *h;
     int first;       /* a fresh state: open libraries and the route module first */
     int loaded_file; /* out: the folder had a route.lua */
+    hookset_t *set;  /* out: the loaded table's set (allocated by the caller) */
 } load_job_t;
 
 /* The value on top must be a table of hooks; where is the chunk name for the message. */
@@ -136,7 +140,11 @@ static int load_p(lua_State *L) {
     }
 
     /* The embedded defaults, run fresh each time so a script that mutated route.defaults
-     * gets a clean copy on reload. */
+     * gets a clean copy on reload: route.defaults holds the C functions while it runs (it
+     * returns them), then becomes the table it returned. */
+    lua_api_push_c_defaults(L);
+    lua_api_set_defaults(L, -1);
+    lua_pop(L, 1);
     if (luaL_loadbufferx(L, route_lua_embedded, route_lua_embedded_len, EMBEDDED_CHUNK, "t"))
         lua_error(L);
     lua_call(L, 0, 1);
@@ -191,17 +199,65 @@ static int load_p(lua_State *L) {
         lua_pop(L, 1);
     }
 
-    /* Only now that everything loaded does the new table replace the running one. */
+    /* Which hooks are the C defaults: an identity check of the function values, once per
+     * table, so hooks.c can call those natively (see there). */
+    lua_api_push_c_defaults(L);
+    int c_defaults = lua_gettop(L);
+    unsigned bits = 0;
+    for (size_t i = 0; i < sizeof hook_names / sizeof hook_names[0]; i++) {
+        lua_getfield(L, merged, hook_names[i]);
+        lua_getfield(L, c_defaults, hook_names[i]);
+        if (lua_rawequal(L, -1, -2)) bits |= hook_bits[i];
+        lua_pop(L, 2);
+    }
+    /* Only now that everything loaded does the new table replace the running one (the
+     * caller swaps the sets once this returned). */
     lua_pushvalue(L, merged);
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
+    job->set->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    job->set->c_default = bits;
     return 0;
 }
 
+/* The current set is replaced: it goes when its last request lets go of it. */
+static void retire(hooks_t *h, hookset_t *old) {
+    if (!old) return;
+    old->next = h->retired;
+    h->retired = old;
+    hookset_unpin(h, old);
+}
+
 static int run_load(hooks_t *h, load_job_t *job, char **msg) {
+    job->set = calloc(1, sizeof *job->set);
+    if (!job->set) {
+        *msg = strdup("hooks: out of memory");
+        return -1;
+    }
+    job->set->table_ref = LUA_NOREF;
     h->loading = 1;
     int rc = vm_run_protected(h, load_p, job, msg);
     h->loading = 0;
-    return rc;
+    if (rc != 0) {
+        free(job->set);
+        return rc;
+    }
+    job->set->refs = 1;
+    hookset_t *old = h->current;
+    h->current = job->set;
+    retire(h, old);
+    return 0;
+}
+
+/* Runs a load; a failure's message names the operator's file in full and goes to *err (or is
+ * dropped when err is NULL). 0 or -1. */
+static int load_reporting(hooks_t *h, load_job_t *job, char **err) {
+    char *msg = NULL;
+    if (run_load(h, job, &msg) == 0) return 0;
+    msg = with_path(h, msg);
+    if (err)
+        *err = msg;
+    else
+        free(msg);
+    return -1;
 }
 
 hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
@@ -222,14 +278,8 @@ hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
     h->L = vm_new_state(h);
     if (!h->L) goto oom;
 
-    load_job_t job = {h, 1, 0};
-    char *msg = NULL;
-    if (run_load(h, &job, &msg) != 0) {
-        msg = with_path(h, msg);
-        if (err)
-            *err = msg;
-        else
-            free(msg);
+    load_job_t job = {h, 1, 0, NULL};
+    if (load_reporting(h, &job, err) != 0) {
         hooks_free(h);
         return NULL;
     }
@@ -249,21 +299,18 @@ oom:
 
 int hooks_reload(hooks_t *h, char **err) {
     if (err) *err = NULL;
-    load_job_t job = {h, 0, 0};
-    char *msg = NULL;
-    if (run_load(h, &job, &msg) != 0) {
-        msg = with_path(h, msg);
-        if (err)
-            *err = msg;
-        else
-            free(msg);
-        return -1;
-    }
-    return 0;
+    load_job_t job = {h, 0, 0, NULL};
+    return load_reporting(h, &job, err);
 }
 
 void hooks_free(hooks_t *h) {
     if (!h) return;
+    /* Requests never released (a test's) leave their sets here; the state frees the tables. */
+    free(h->current);
+    for (hookset_t *s = h->retired, *next; s; s = next) {
+        next = s->next;
+        free(s);
+    }
     if (h->L) lua_close(h->L);
     lua_api_close(&h->host);
     free(h->scripts_dir);

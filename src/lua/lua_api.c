@@ -1,5 +1,6 @@
 /* lua_api.c: assembles the `route` module from its groups (lua_api_config.c,
- * lua_api_upstreams.c, lua_api_record.c, lua_api_http.c, lua_api_util.c) and preloads cjson.
+ * lua_api_upstreams.c, lua_api_record.c, lua_api_http.c, lua_api_util.c, and the default
+ * hooks' C functions of default_hooks.c) and preloads cjson.
  *
  * Owns: the module table (global `route`, package.loaded.route), route.defaults, and what the
  * host holds outside the Lua state.
@@ -30,6 +31,9 @@ void lua_api_open(lua_State *L, lua_api_host_t *host) {
     lua_api_open_record(L, host);
     lua_api_open_http(L, host);
     lua_api_open_util(L, host);
+    lua_api_open_defaults(L, host);
+    lua_api_push_c_defaults(L);
+    lua_setfield(L, -2, "defaults");
 
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushvalue(L, -2);

@@ -1,7 +1,8 @@
 /* lua_req.c: the request and response objects hooks see.
  *
- * Owns: one lazy `req` object per request (a userdata created by the first hook and passed to
- * every hook of that request): each field is read from the request through the http.h
+ * Owns: one lazy `req` object per request (a userdata created by the first hook that runs in
+ * Lua and passed to every Lua hook of that request; a request whose hooks are all C defaults
+ * never gets one): each field is read from the request through the http.h
  * accessors on first access and then cached; `req.headers` is itself lazy (a header is looked
  * up when read, the whole set copied only for pairs()); `req.ctx` is a table that lives from
  * authorize to on_response. Also the `res` object of on_response, whose fields are built on
@@ -23,7 +24,7 @@
 #define RES_MT     "route.res"
 #define REG_RES    "route.current_res"
 
-enum { REQ_UV_CACHE = 1, REQ_UV_PINS = 2, REQ_UV_HOOKS = 3 };
+enum { REQ_UV_CACHE = 1, REQ_UV_PINS = 2, REQ_N_UV = 2 };
 enum { HDR_UV_REQ = 1, HDR_UV_CACHE = 2, HDR_UV_ALL = 3 };
 
 typedef struct req_box {
@@ -373,7 +374,7 @@ void lua_req_push(lua_State *L, route_req_t *req) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, req->obj_ref);
         return;
     }
-    req_box_t *b = lua_newuserdatauv(L, sizeof *b, 3);
+    req_box_t *b = lua_newuserdatauv(L, sizeof *b, REQ_N_UV);
     b->req = NULL;
     memcpy(b->id, req->id, sizeof b->id);
     b->id[sizeof b->id - 1] = '\0';
@@ -386,17 +387,6 @@ void lua_req_push(lua_State *L, route_req_t *req) {
 void lua_req_push_pins(lua_State *L, route_req_t *req) {
     lua_req_push(L, req);
     push_uv_table(L, -1, REQ_UV_PINS, 4, 0);
-    lua_remove(L, -2);
-}
-
-void lua_req_push_hooks(lua_State *L, route_req_t *req) {
-    lua_req_push(L, req);
-    if (lua_getiuservalue(L, -1, REQ_UV_HOOKS) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_getfield(L, LUA_REGISTRYINDEX, REG_HOOKS);
-        lua_pushvalue(L, -1);
-        lua_setiuservalue(L, -3, REQ_UV_HOOKS);
-    }
     lua_remove(L, -2);
 }
 

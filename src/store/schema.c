@@ -410,6 +410,7 @@ store_t *store_open(const char *path, char **err) {
     pthread_condattr_destroy(&attr);
     s->queue_config_tail = &s->queue_config;
     s->queue_max = 100000;
+    s->queue_bytes_max = (size_t)64 << 20;
 
     if (!(s->sync_db = store_db_open(path, STORE_BUSY_TIMEOUT_MS, err))) goto fail;
     if (store_create_schema(s->sync_db, err)) goto fail;

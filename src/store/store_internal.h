@@ -124,6 +124,7 @@ struct store {
     pthread_cond_t queue_cond;
     store_record_t *queue_head, *queue_tail;
     size_t queue_depth, queue_max;
+    size_t queue_bytes, queue_bytes_max;
     bump_table_t queue_folded;
     config_item_t *queue_config, **queue_config_tail;
     int writer_sleeping, stopping, polling;

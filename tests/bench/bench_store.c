@@ -122,7 +122,7 @@ int main(int argc, char **argv) {
     store_stats(b.store, &st);
     uint64_t written0 = st.written_total;
     /* Every row is measured: none may be dropped for running ahead of the writer. */
-    store_loop_set_records_queue_max(b.store, b.rows ? b.rows : 1);
+    store_loop_set_records_queue_max(b.store, b.rows ? b.rows : 1, SIZE_MAX);
 
     /* 1. Streaming: the producer queues while the writer writes, as under load. */
     pthread_t producer;

@@ -49,6 +49,7 @@ static void test_defaults_agree_with_the_table(void) {
     CHECK(d->hook_memory_limit_mb == parsed->hook_memory_limit_mb);
     CHECK(d->hook_time_limit_ms == parsed->hook_time_limit_ms && d->hook_time_limit_ms == 50);
     CHECK(d->records_queue_max == parsed->records_queue_max && d->records_queue_max == 100000);
+    CHECK(d->records_queue_max_mb == parsed->records_queue_max_mb && d->records_queue_max_mb == 64);
     CHECK(d->metrics_public == parsed->metrics_public && d->metrics_public == 0);
     CHECK(strcmp(d->policy, parsed->policy) == 0 && strcmp(d->policy, "main") == 0);
     CHECK(strcmp(d->forward_headers, parsed->forward_headers) == 0);
@@ -76,7 +77,7 @@ static void test_validation(void) {
     CHECK(valid("timeout", "")); /* empty: back to the default */
     CHECK(valid("max_connections", "20000"));
     CHECK(valid("metrics_public", "1") && valid("metrics_public", "true"));
-    CHECK(valid("policy", "anything"));      /* the hook decides what policies exist */
+    CHECK(valid("policy", "anything"));        /* the hook decides what policies exist */
     CHECK(valid("weights", "a script's own")); /* unknown keys are the scripts' business */
     char err[256];
     CHECK(config_validate("timeout", "abc", err, sizeof err) == -1);
@@ -84,16 +85,16 @@ static void test_validation(void) {
 }
 
 static void test_parse_falls_back_per_key(void) {
-    static const char *const pairs[] = {"timeout",         "abc", "idle_timeout", "5",
-                                        "max_connections", "-3",  "policy",       "round_robin",
-                                        "authorization",   "a,b", "metrics_public", "1",
-                                        NULL};
+    static const char *const pairs[] = {
+        "timeout", "abc",         "idle_timeout",  "5",   "max_connections", "-3",
+        "policy",  "round_robin", "authorization", "a,b", "metrics_public",  "1",
+        NULL};
     kvs_t k = {pairs, 0, ""};
     route_config_t *c = config_parse(lookup, &k, warn, &k);
     CHECK(c != NULL);
     if (!c) return;
-    CHECK(c->timeout == 600);       /* bad: default */
-    CHECK(c->idle_timeout == 5);    /* good: taken */
+    CHECK(c->timeout == 600);    /* bad: default */
+    CHECK(c->idle_timeout == 5); /* good: taken */
     CHECK(c->max_connections == 10000);
     CHECK(strcmp(c->policy, "round_robin") == 0);
     CHECK(c->metrics_public == 1);

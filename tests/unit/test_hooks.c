@@ -1,5 +1,7 @@
 /* test_hooks.c: the Lua hooks against a real temporary store: the default authorize and every
- * policy's ordering, errors from scripts (load, raise, runaway loops, memory hogs), partial
+ * policy's ordering (the C defaults against the Lua they replaced, tests/unit/lua_reference),
+ * that a hook whose value is a C default runs without Lua and an override keeps the others in
+ * C, errors from scripts (load, raise, runaway loops, memory hogs), partial
  * overrides, reload keeping route.shared, on_response records and counters, and that a req
  * kept by a script cannot reach a finished request. It must not depend on the network. */
 #include <sqlite3.h>
@@ -861,6 +863,376 @@ static void test_examples(void) {
     hooks_free(h);
 }
 
+/* ---- the default hooks in C ---- */
+
+static void order_ids(const char *policy, default_upstream_t *v, size_t n, uint64_t rng[4],
+                      char *out, size_t cap) {
+    char err[200];
+    size_t k = 0;
+    if (default_policy_order(policy, v, n, rng, &k, err, sizeof err) != 0) {
+        snprintf(out, cap, "ERR:%s", err);
+        return;
+    }
+    out[0] = '\0';
+    for (size_t i = 0; i < k; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%s%lld", i ? "," : "", (long long)v[i].id);
+    }
+}
+
+/* id, success, failed, last success (0: never); index set from the position. */
+static void views(default_upstream_t *v, const int64_t rows[][4], size_t n) {
+    for (size_t i = 0; i < n; i++)
+        v[i] = (default_upstream_t){rows[i][0],         rows[i][1],      rows[i][2],
+                                    (double)rows[i][3], rows[i][3] != 0, i};
+}
+
+/* The policies on their own: orderings, tie-breaks, filters and messages. */
+static void test_c_policies(void) {
+    static const int64_t rows[][4] = {
+        /* id, success, failed, last success */
+        {5, 9, 0, 0}, {1, 5, 1, 100}, {3, 9, 0, 50}, {2, 2, 0, 0}, {4, 0, 0, 50},
+    };
+    size_t n = sizeof rows / sizeof rows[0];
+    default_upstream_t v[8];
+    uint64_t rng[4] = {1, 2, 3, 4};
+    char out[256];
+
+    /* main: fewest failures, then most successes, then the lower id. */
+    views(v, rows, n);
+    order_ids("main", v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "3,5,2,4,1") == 0);
+    views(v, rows, n);
+    order_ids("", v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "3,5,2,4,1") == 0);
+    views(v, rows, n);
+    order_ids(NULL, v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "3,5,2,4,1") == 0);
+    /* round_robin: never used first (by id), then the oldest last success, equal times by id. */
+    views(v, rows, n);
+    order_ids("round_robin", v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "2,5,3,4,1") == 0);
+    views(v, rows, n);
+    order_ids("round_robin_available", v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "2,5,3,4") == 0);
+    /* The kept entries still say where they were in the caller's list. */
+    CHECK(v[0].index == 3 && v[1].index == 0 && v[3].index == 4);
+
+    /* random: every order of a permutation shows up, each first about as often. */
+    int first[6] = {0}, perms_ok = 1, avail_ok = 1;
+    for (int i = 0; i < 3000; i++) {
+        views(v, rows, n);
+        order_ids("random", v, n, rng, out, sizeof out);
+        if (strlen(out) != 9) perms_ok = 0;
+        for (const char *d = "12345"; *d; d++)
+            if (!strchr(out, *d)) perms_ok = 0;
+        first[out[0] - '0']++;
+        views(v, rows, n);
+        order_ids("random_available", v, n, rng, out, sizeof out);
+        if (strlen(out) != 7 || strchr(out, '1')) avail_ok = 0;
+    }
+    CHECK(perms_ok);
+    CHECK(avail_ok);
+    for (int id = 1; id <= 5; id++)
+        CHECK(first[id] > 450 && first[id] < 750); /* 600 expected */
+
+    /* Short lists and long ones (sorted another way) follow the same order. */
+    for (size_t len = 3; len <= 40; len += 37) {
+        default_upstream_t big[40];
+        uint64_t x = 99;
+        for (size_t i = 0; i < len; i++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned r = (unsigned)(x >> 33);
+            big[i] = (default_upstream_t){(int64_t)(len - i), r % 3,
+                                          (r >> 2) % 2,       (double)((r >> 3) % 3),
+                                          (r >> 5) % 3 != 0,  i};
+        }
+        size_t k = 0;
+        char err[200];
+        CHECK(default_policy_order("main", big, len, rng, &k, err, sizeof err) == 0 && k == len);
+        int sorted = 1;
+        for (size_t i = 1; i < k; i++) {
+            const default_upstream_t *a = &big[i - 1], *b = &big[i];
+            if (a->failed_count != b->failed_count     ? a->failed_count > b->failed_count
+                : a->success_count != b->success_count ? a->success_count < b->success_count
+                                                       : a->id > b->id)
+                sorted = 0;
+        }
+        CHECK(sorted);
+        CHECK(default_policy_order("round_robin", big, len, rng, &k, err, sizeof err) == 0);
+        sorted = 1;
+        for (size_t i = 1; i < k; i++) {
+            const default_upstream_t *a = &big[i - 1], *b = &big[i];
+            if (a->has_last_success != b->has_last_success ? a->has_last_success
+                : a->has_last_success && a->last_success != b->last_success
+                    ? a->last_success > b->last_success
+                    : a->id > b->id)
+                sorted = 0;
+        }
+        CHECK(sorted);
+    }
+
+    views(v, rows, n);
+    order_ids("fastest", v, n, rng, out, sizeof out);
+    CHECK(strcmp(out, "ERR:unknown load balance policy 'fastest'") == 0);
+    order_ids("main", v, 0, rng, out, sizeof out);
+    CHECK(strcmp(out, "ERR:no upstream available: add one with -add or POST /admin/upstreams") ==
+          0);
+    /* The policy is checked before the list. */
+    order_ids("Main", v, 0, rng, out, sizeof out);
+    CHECK(strcmp(out, "ERR:unknown load balance policy 'Main'") == 0);
+    static const int64_t failing[][4] = {{1, 0, 1, 0}, {2, 3, 2, 10}};
+    views(v, failing, 2);
+    order_ids("random_available", v, 2, rng, out, sizeof out);
+    CHECK(strcmp(out, "ERR:no upstream available: every upstream has failures "
+                      "(policy 'random_available')") == 0);
+    views(v, failing, 2);
+    order_ids("round_robin_available", v, 2, rng, out, sizeof out);
+    CHECK(strcmp(out, "ERR:no upstream available: every upstream has failures "
+                      "(policy 'round_robin_available')") == 0);
+    views(v, failing, 2);
+    order_ids("main", v, 2, rng, out, sizeof out);
+    CHECK(strcmp(out, "1,2") == 0);
+}
+
+/* The C defaults order the store's upstreams exactly as the Lua they replaced
+ * (tests/unit/lua_reference/route.lua), natively and when a script calls
+ * route.defaults.pick_upstream, over random counters with many ties. */
+static void test_c_policies_match_lua(void) {
+    char src[900], ref[1024];
+    source_dir(src, sizeof src);
+    snprintf(ref, sizeof ref, "%s/tests/unit/lua_reference", src);
+    hooks_t *native = load(NULL);
+    hooks_t *lua = load(ref);
+    hooks_t *wrap = load(script_dir("wrap_pick", "local route = require 'route'\n"
+                                                 "return { pick_upstream = function(req, ups)\n"
+                                                 "  return route.defaults.pick_upstream(req, ups)\n"
+                                                 "end }\n"));
+    const store_upstream_list_t *l = store_loop_upstreams(ctx.store);
+    CHECK(l->n >= 4);
+    int64_t now = util_now_wall_ns();
+    uint64_t seed = 12345;
+    int same = 1, rounds = 0;
+    static const char *const policies[] = {"main", "round_robin", "round_robin_available"};
+    for (int round = 0; round < 40; round++) {
+        char q[4096] = "";
+        for (size_t i = 0; i < l->n; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned r = (unsigned)(seed >> 33);
+            char t[64] = "NULL";
+            if (r % 4) {
+                char tt[48];
+                util_format_db_time(tt, sizeof tt, now - (int64_t)(r % 4) * 1000000000LL);
+                snprintf(t, sizeof t, "'%s'", tt);
+            }
+            size_t len = strlen(q);
+            snprintf(q + len, sizeof q - len,
+                     "UPDATE openai_upstreams SET success_count=%u, failed_count=%u, "
+                     "last_call_success_time=%s WHERE id=%lld;",
+                     (r >> 4) % 3, (r >> 8) % 2 ? 0 : (r >> 9) % 3, t, (long long)l->items[i].id);
+        }
+        sql(q);
+        l = store_loop_upstreams(ctx.store);
+        for (size_t p = 0; p < sizeof policies / sizeof policies[0]; p++) {
+            set_config("policy", policies[p]);
+            char a[256], b[256], c[256];
+            pick(native, NULL, a, sizeof a);
+            pick(lua, NULL, b, sizeof b);
+            pick(wrap, NULL, c, sizeof c);
+            if (strcmp(a, b) != 0 || strcmp(a, c) != 0) {
+                fprintf(stderr, "policy %s: C %s, Lua %s, wrapped %s\n", policies[p], a, b, c);
+                same = 0;
+            }
+            rounds++;
+        }
+    }
+    CHECK(same);
+    CHECK(rounds == 120);
+    set_config("policy", "main");
+    sql("UPDATE openai_upstreams SET failed_count=0");
+    hooks_free(wrap);
+    hooks_free(lua);
+    hooks_free(native);
+}
+
+/* A hook whose value is one of route.defaults' C functions runs without Lua: no req object is
+ * made for it. Overriding one hook leaves the others in C. */
+static void test_c_defaults_called_natively(void) {
+    set_config("authorization", "tok-one");
+    set_config("policy", "main");
+    int st = 0;
+    const char *m = NULL;
+    route_candidate_t *c = NULL;
+    size_t n = 0;
+
+    /* The embedded defaults: all three in C. */
+    hooks_t *h = load(NULL);
+    fake_t *f = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0 && n >= 2);
+    route_res_t ok = {.status = 200, .upstream_id = c[0].id};
+    store_record_t *rec = records_build(&f->req, &ok);
+    hooks_on_response(h, &f->req, &ok, &rec);
+    CHECK(rec != NULL); /* kept, untouched */
+    route_res_t failed = {.status = 502, .error = "all upstreams failed"};
+    hooks_on_response(h, &f->req, &failed, &rec);
+    CHECK(rec != NULL);
+    store_record_free(rec);
+    CHECK(f->req.obj_ref == 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    f = fake_new("Bearer nope", "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
+    CHECK(st == 403 && strcmp(m, "wrong authorization header") == 0);
+    CHECK(f->req.obj_ref == 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    hooks_free(h);
+
+    /* pick_upstream overridden in Lua: authorize stays the C default (no req object until
+     * pick_upstream runs), with its verdicts and messages. */
+    h = load(script_dir("pick_only2", "return { pick_upstream = function(req, ups)\n"
+                                      "  return { id = 42, sk = 'k', endpoint = 'http://x' }\n"
+                                      "end }\n"));
+    f = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
+    CHECK(f->req.obj_ref == 0);
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0 && n == 1 && c[0].id == 42);
+    CHECK(f->req.obj_ref > 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    f = fake_new(NULL, "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 0);
+    CHECK(st == 403 && strcmp(m, "authorization header should start with 'Bearer'") == 0);
+    CHECK(f->req.obj_ref == 0);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    hooks_free(h);
+
+    /* route.defaults holds C functions; returning one explicitly is the same value, so it runs
+     * natively too. A wrapper is a Lua function: it runs in Lua and answers the same. */
+    h = load(script_dir("explicit", "local route = require 'route'\n"
+                                    "local d = route.defaults\n"
+                                    "for _, k in ipairs{'authorize', 'pick_upstream', "
+                                    "'on_response'} do\n"
+                                    "  assert(debug.getinfo(d[k], 'S').what == 'C', k)\n"
+                                    "end\n"
+                                    "return { authorize = d.authorize,\n"
+                                    "  on_response = function(req, res)\n"
+                                    "    return d.on_response(req, res) end }\n"));
+    f = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
+    CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0 && n >= 2);
+    CHECK(f->req.obj_ref == 0);
+    rec = records_build(&f->req, &failed);
+    hooks_on_response(h, &f->req, &failed, &rec); /* the wrapper: in Lua */
+    CHECK(rec != NULL && f->req.obj_ref > 0);
+    store_record_free(rec);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    hooks_free(h);
+
+    h = load(script_dir("wrap_auth", "local route = require 'route'\n"
+                                     "return { authorize = function(req)\n"
+                                     "  return route.defaults.authorize(req) end }\n"));
+    char msg[256];
+    CHECK(auth(h, "Bearer tok-one", &st, msg, sizeof msg) == 1);
+    CHECK(auth(h, "Bearer nope", &st, msg, sizeof msg) == 0);
+    CHECK(st == 403 && strcmp(msg, "wrong authorization header") == 0);
+    CHECK(auth(h, NULL, &st, msg, sizeof msg) == 0);
+    CHECK(st == 403 && strcmp(msg, "authorization header should start with 'Bearer'") == 0);
+    opts.noauth = 1;
+    CHECK(auth(h, NULL, &st, msg, sizeof msg) == 1);
+    opts.noauth = 0;
+    set_config("noauth", "true"); /* the stored key, as route.config.get answers it */
+    CHECK(auth(h, NULL, &st, msg, sizeof msg) == 1);
+    hooks_free(h);
+    h = load(NULL);
+    CHECK(auth(h, NULL, &st, msg, sizeof msg) == 1);
+    set_config("noauth", "");
+    CHECK(auth(h, NULL, &st, msg, sizeof msg) == 0);
+    hooks_free(h);
+
+    /* Called from Lua on a list of the script's own: missing counts read as 0. */
+    h = load(script_dir("own_list",
+                        "local route = require 'route'\n"
+                        "return { pick_upstream = function(req, ups)\n"
+                        "  local own = { { id = 9, sk = 'k9', endpoint = 'http://9' },\n"
+                        "    { id = 3, sk = 'k3', endpoint = 'http://3',"
+                        " failed_count = 1 },\n"
+                        "    { id = 7, sk = 'k7', endpoint = 'http://7',"
+                        " success_count = 4 } }\n"
+                        "  if req.model == 'none' then own = {} end\n"
+                        "  local list, err = route.defaults.pick_upstream(req, own)\n"
+                        "  if list and list[1] ~= own[3] then error('not the same"
+                        " tables') end\n"
+                        "  return list, err\n"
+                        "end }\n"));
+    char out[256];
+    pick(h, NULL, out, sizeof out);
+    CHECK(strcmp(out, "7,9,3") == 0);
+    pick(h, "none", out, sizeof out);
+    CHECK(strcmp(out, "ERR:no upstream available: add one with -add or POST /admin/upstreams") ==
+          0);
+    set_config("policy", "round_robin_available");
+    pick(h, NULL, out, sizeof out);
+    CHECK(strcmp(out, "7,9") == 0);
+    set_config("policy", "nope");
+    pick(h, NULL, out, sizeof out);
+    CHECK(strcmp(out, "ERR:unknown load balance policy 'nope'") == 0);
+    set_config("policy", "main");
+    hooks_free(h);
+
+    /* A row an earlier Lua hook wrote itself replaces C's, with the C on_response too. */
+    h = load(script_dir("own_row", "local route = require 'route'\n"
+                                   "return { authorize = function(req)\n"
+                                   "  route.record{ id = req.id, status = 299 }\n"
+                                   "  return true end }\n"));
+    f = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
+    rec = records_build(&f->req, &ok);
+    hooks_on_response(h, &f->req, &ok, &rec);
+    CHECK(rec == NULL && f->req.recorded_own);
+    hooks_release(h, &f->req);
+    fake_free(f);
+    hooks_free(h);
+}
+
+/* A request keeps the hook set it started with across a reload, C defaults included; the old
+ * set goes with its last request (AddressSanitizer checks the freeing). */
+static void test_reload_keeps_the_pinned_set(void) {
+    const char *dir = script_dir("pinned", "return {}\n");
+    hooks_t *h = load(dir);
+    int st;
+    const char *m;
+    route_candidate_t *c;
+    size_t n;
+    fake_t *early = fake_new("Bearer tok-one", "{}", NULL);
+    fake_t *early2 = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &early->req, &st, &m) == 1);
+    CHECK(hooks_authorize(h, &early2->req, &st, &m) == 1);
+    script_dir("pinned", "return { pick_upstream = function(req, ups)\n"
+                         "  return { id = 42, sk = 'k', endpoint = 'http://x' }\n"
+                         "end }\n");
+    CHECK(hooks_reload(h, NULL) == 0);
+    CHECK(hooks_pick_upstream(h, &early->req, &c, &n, &m) == 0 && n >= 2 && c[0].id != 42);
+    CHECK(early->req.obj_ref == 0);
+    fake_t *late = fake_new("Bearer tok-one", "{}", NULL);
+    CHECK(hooks_authorize(h, &late->req, &st, &m) == 1);
+    CHECK(hooks_pick_upstream(h, &late->req, &c, &n, &m) == 0 && n == 1 && c[0].id == 42);
+    hooks_release(h, &early->req);
+    script_dir("pinned", "return {}\n");
+    CHECK(hooks_reload(h, NULL) == 0);
+    CHECK(hooks_pick_upstream(h, &early2->req, &c, &n, &m) == 0 && n >= 2 && c[0].id != 42);
+    CHECK(hooks_pick_upstream(h, &late->req, &c, &n, &m) == 0 && n == 1 && c[0].id == 42);
+    hooks_release(h, &early2->req);
+    hooks_release(h, &late->req);
+    fake_free(early);
+    fake_free(early2);
+    fake_free(late);
+    hooks_free(h);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_hooks.XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -882,6 +1254,10 @@ int main(void) {
     test_on_response();
     test_redact();
     test_examples();
+    test_c_policies();
+    test_c_policies_match_lua();
+    test_c_defaults_called_natively();
+    test_reload_keeps_the_pinned_set();
 
     store_close(ctx.store);
     config_state_free(ctx.config);

@@ -36,11 +36,11 @@ int main(void) {
     CHECK(router_find(r, "/unknown") == NULL);
 
     size_t len;
-    const char *h = router_response_headers(r, &len);
+    const char *h = router_response_headers(r, NULL, &len);
     CHECK(len > 0 && strstr(h, "Access-Control-Allow-Origin: *\r\n") != NULL);
     CHECK(h[len - 2] == '\r' && h[len - 1] == '\n');
     router_set_cors(r, 0);
-    router_response_headers(r, &len);
+    router_response_headers(r, NULL, &len);
     CHECK(len == 0);
     router_free(r);
 

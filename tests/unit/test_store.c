@@ -502,7 +502,7 @@ static void test_bounded_drop(void) {
     char path[256], text[64];
     db_path(path, sizeof path, "drop.sqlite");
     store_t *s = open_ok(path);
-    store_loop_set_records_queue_max(s, 100);
+    store_loop_set_records_queue_max(s, 100, SIZE_MAX);
     sqlite3 *lock = hold_write_lock(path);
     store_record_t *first = store_record_new();
     first->status = 1;
@@ -526,6 +526,46 @@ static void test_bounded_drop(void) {
                           text, sizeof text),
                  "100,1900,1999") == 0);
     CHECK(strcmp(raw_text(path, "SELECT count(*) FROM records WHERE status = 1", text, sizeof text),
+                 "1") == 0);
+}
+
+/* The byte bound: with 20 KB bodies and a 1 MiB cap, the queue holds about 50 rows whatever
+ * the row bound says, the oldest go first, and a single row over the cap is still kept. */
+static void test_bounded_bytes(void) {
+    char path[256], text[64];
+    db_path(path, sizeof path, "drop_bytes.sqlite");
+    store_t *s = open_ok(path);
+    store_loop_set_records_queue_max(s, 100000, 1 << 20);
+    sqlite3 *lock = hold_write_lock(path);
+    store_record_t *first = store_record_new();
+    first->status = 1;
+    store_loop_record(s, first);
+    CHECK(queue_taken(s));
+    const size_t body = 20 * 1024;
+    for (int i = 0; i < 500; i++) {
+        store_record_t *r = store_record_new();
+        r->status = 1000 + i;
+        r->body = calloc(1, body + 1);
+        memset(r->body, 'x', body);
+        r->body_len = body;
+        store_loop_record(s, r);
+    }
+    store_stats_t st = stats_of(s);
+    CHECK(st.queue_bytes <= (1 << 20) && st.queue_bytes > (1 << 20) - 2 * (body + 512));
+    CHECK(st.queue_depth >= 45 && st.queue_depth <= 52);
+    CHECK(st.dropped_total == 500 - st.queue_depth);
+    /* One row bigger than the whole cap is kept (the cap must not mean "never record it"). */
+    store_record_t *big = store_record_new();
+    big->status = 2;
+    big->body = calloc(1, (2 << 20) + 1);
+    memset(big->body, 'y', 2 << 20);
+    big->body_len = 2 << 20;
+    store_loop_record(s, big);
+    st = stats_of(s);
+    CHECK(st.queue_depth == 1 && st.dropped_total == 500);
+    release_write_lock(lock);
+    store_close(s);
+    CHECK(strcmp(raw_text(path, "SELECT count(*) FROM records WHERE status = 2", text, sizeof text),
                  "1") == 0);
 }
 
@@ -671,6 +711,7 @@ int main(void) {
     test_migration();
     test_folding();
     test_bounded_drop();
+    test_bounded_bytes();
     test_no_flip_back();
     test_external_change_async();
     char cmd[300];
