@@ -2,7 +2,9 @@
  * token usage of a response (text/event-stream events or an application/json body), and the
  * "model"/"stream" of a request body. It must never block or fail the stream it watches:
  * malformed input is skipped, memory stays bounded (content cap, body cap, event cap,
- * template cap), and no allocation happens per SSE event once the buffers have grown.
+ * template cap), and no allocation happens per SSE event once the buffers have grown. A
+ * per-loop pool recycles extractors with their buffers (extract_pool_get/put), so a response
+ * costs no malloc for them either.
  *
  * Two readers, one result. The full reader is a validating single-pass JSON scanner, written
  * instead of using jansson by measurement (tests/bench/bench_extract.c): jansson builds and

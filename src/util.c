@@ -1,5 +1,6 @@
-/* util.c: time text in the Go program's formats, UUIDs and randomness, constant-time
- * comparison, arenas, growable buffers, refbufs and logging. It must stay free of HTTP,
+/* util.c: time text in the Go program's formats, UUIDs and randomness (the OS's for secrets, a
+ * per-loop block of it for ids), constant-time comparison, arenas and their block pool,
+ * growable buffers, number text, refbufs and logging. It must stay free of HTTP,
  * SQLite and Lua, and must never log secrets (callers pass none).
  *
  * The one piece of global mutable state in the project is the log level below: it is set

@@ -5,7 +5,9 @@
  * Reads: plaintext arrives in refcounted blocks through on_read; retain the block to keep the
  * bytes past the callback (a block nobody retained is reused for the next read, so idle
  * connections hold no read buffer). Writes: stream_write tries the socket at once and queues
- * only what the kernel did not take. */
+ * only what the kernel did not take.
+ *
+ * Also the deadline timers (inline, at the end) that both HTTP sides use for their timeouts. */
 #ifndef ROUTE_STREAM_H
 #define ROUTE_STREAM_H
 

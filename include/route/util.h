@@ -1,5 +1,6 @@
-/* util.h: small shared helpers: time text in the Go program's formats, UUIDs, request-scoped
- * arenas, growable byte buffers, logging. Nothing here knows about HTTP, SQLite or Lua. */
+/* util.h: small shared helpers: time text in the Go program's formats, UUIDs (with a per-loop
+ * random source for ids), request-scoped arenas (with a per-loop block pool), growable byte
+ * buffers, number text without printf, logging. Nothing here knows about HTTP, SQLite or Lua. */
 #ifndef ROUTE_UTIL_H
 #define ROUTE_UTIL_H
 
