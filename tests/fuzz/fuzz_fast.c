@@ -12,20 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} buf_t;
+#include "route/util.h"
 
+/* util.h's growable buffer; a failed allocation ends the run (it is no finding). */
 static void put(buf_t *b, const char *s, size_t n) {
-    if (!n) return;
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p) abort();
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
+    if (n && buf_append(b, s, n) != 0) abort();
 }
 
 /* One event; line ends inside would split it into data lines, so they become spaces. */
@@ -34,7 +25,7 @@ static void put_event(buf_t *b, const char *doc, size_t n) {
     size_t at = b->len;
     put(b, doc, n);
     for (size_t i = at; i < b->len; i++)
-        if (b->p[i] == '\n' || b->p[i] == '\r') b->p[i] = ' ';
+        if (b->data[i] == '\n' || b->data[i] == '\r') b->data[i] = ' ';
     put(b, "\n\n", 2);
 }
 
@@ -124,8 +115,8 @@ static void put_variant(buf_t *out, const char *base, size_t blen, unsigned char
         put(&doc, base, blen);
         put(&doc, with, wlen);
     }
-    put_event(out, doc.p ? doc.p : "", doc.len);
-    free(doc.p);
+    put_event(out, doc.data ? doc.data : "", doc.len);
+    buf_free(&doc);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -148,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         line = end + 1;
     }
-    same(stream.p, stream.len, stream.len * (size ? data[size - 1] : 0) / 255);
-    free(stream.p);
+    same(stream.data, stream.len, stream.len * (size ? data[size - 1] : 0) / 255);
+    buf_free(&stream);
     return 0;
 }
