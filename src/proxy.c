@@ -235,22 +235,58 @@ static void append3(buf_t *b, const char *a, const char *v, size_t vlen, const c
     buf_appends(b, c);
 }
 
-static void append_client_header(buf_t *b, const http_request_t *h, const char *name,
-                                 const char *wire_prefix) {
-    const route_header_t *v = http_request_header(h, name);
-    if (v) append3(b, wire_prefix, v->value, v->value_len, "\r\n");
+#define NAME_IS(h, lit) name_is((h), lit, sizeof(lit) - 1)
+
+/* Whether `name` is in a comma-separated list (config forward_headers), case-insensitively. */
+static int in_list(const char *list, const char *name, size_t len) {
+    for (const char *q = list; q && *q;) {
+        while (*q == ' ' || *q == '\t' || *q == ',')
+            q++;
+        size_t n = strcspn(q, ", \t");
+        if (n == len && strncasecmp(q, name, n) == 0) return 1;
+        q += n;
+    }
+    return 0;
+}
+
+/* Which client headers reach the upstream (SPEC, Proxy step 3): the body's type, what the
+ * client accepts, the OpenAI API's own request options (OpenAI-Beta selects beta APIs,
+ * Idempotency-Key makes a retry safe) and the SDKs' X-Stainless-* telemetry; the client's
+ * organization and project only with sk "asis" (with a key the proxy holds they belong to
+ * that key's account, not to the client); and the operator's forward_headers. Never what
+ * the proxy itself decides: framing, Host, Authorization, hop-by-hop. */
+static int forwarded(const route_header_t *h, int asis, const char *extra) {
+    if (NAME_IS(h, "content-type") || NAME_IS(h, "accept") || NAME_IS(h, "openai-beta") ||
+        NAME_IS(h, "idempotency-key"))
+        return 1;
+    if (h->name_len > 12 && memcmp(h->name, "x-stainless-", 12) == 0) return 1;
+    if (NAME_IS(h, "openai-organization") || NAME_IS(h, "openai-project")) return asis;
+    if (NAME_IS(h, "host") || NAME_IS(h, "authorization") || NAME_IS(h, "content-length") ||
+        NAME_IS(h, "transfer-encoding") || NAME_IS(h, "connection") || NAME_IS(h, "keep-alive") ||
+        NAME_IS(h, "upgrade") || NAME_IS(h, "te") || NAME_IS(h, "trailer") ||
+        (h->name_len > 6 && memcmp(h->name, "proxy-", 6) == 0))
+        return 0;
+    return extra && *extra && in_list(extra, h->name, h->name_len);
 }
 
 static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) {
     const http_request_t *h = p->http;
     buf_reserve(b, 256);
     append3(b, "Host: ", p->url->host_header, strlen(p->url->host_header), "\r\n");
-    if (p->asis)
-        append_client_header(b, h, "authorization", "Authorization: ");
-    else
+    if (p->asis) {
+        const route_header_t *v = http_request_header(h, "authorization");
+        if (v) append3(b, "Authorization: ", v->value, v->value_len, "\r\n");
+    } else {
         append3(b, "Authorization: Bearer ", c->sk, strlen(c->sk), "\r\n");
-    append_client_header(b, h, "content-type", "Content-Type: ");
-    append_client_header(b, h, "accept", "Accept: ");
+    }
+    const char *extra = config_current(p->ctx)->forward_headers;
+    size_t n_headers = http_request_header_count(h);
+    for (size_t i = 0; i < n_headers; i++) {
+        const route_header_t *v = http_request_header_at(h, i);
+        if (!v->name || !forwarded(v, p->asis, extra)) continue;
+        append_canonical_name(b, v->name, v->name_len);
+        append3(b, ": ", v->value, v->value_len, "\r\n");
+    }
     /* The body is complete in memory, so it always goes with a Content-Length. */
     size_t body_len = 0;
     http_request_body(h, &body_len);
