@@ -389,14 +389,28 @@ void http_response_abort(http_request_t *req) {
     conn_request_finished(c, req, 1);
 }
 
-void http_respond_json(http_request_t *req, int status, const char *json, size_t len) {
+static void respond_json_with(http_request_t *req, int status, const char *json, size_t len,
+                              const char *extra, size_t extra_len) {
     static const char ct[] = "Content-Type: application/json; charset=utf-8\r\n";
-    if (http_response_start(req, status, ct, sizeof(ct) - 1, (int64_t)len) == 0)
+    buf_t head = {0};
+    buf_append(&head, ct, sizeof(ct) - 1);
+    if (extra_len) buf_append(&head, extra, extra_len);
+    if (head.data && http_response_start(req, status, head.data, head.len, (int64_t)len) == 0)
         http_response_write(req, json, len, NULL);
+    buf_free(&head);
     http_response_end(req);
 }
 
+void http_respond_json(http_request_t *req, int status, const char *json, size_t len) {
+    respond_json_with(req, status, json, len, NULL, 0);
+}
+
 void http_respond_error(http_request_t *req, int status, const char *type, const char *message) {
+    http_respond_error_with(req, status, type, message, NULL, 0);
+}
+
+void http_respond_error_with(http_request_t *req, int status, const char *type, const char *message,
+                             const char *headers, size_t headers_len) {
     buf_t b = {0};
     buf_appends(&b, "{\"error\":{\"message\":");
     buf_append_json_string(&b, message, strlen(message));
@@ -404,7 +418,7 @@ void http_respond_error(http_request_t *req, int status, const char *type, const
     buf_append_json_string(&b, type, strlen(type));
     buf_appends(&b, "}}\n");
     if (b.data)
-        http_respond_json(req, status, b.data, b.len);
+        respond_json_with(req, status, b.data, b.len, headers, headers_len);
     else
         http_response_abort(req);
     buf_free(&b);

@@ -124,10 +124,19 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
         if (p->ctx->metrics)
             metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
                                              "status");
-        upstream_cancel(p->up);
-        p->up = NULL;
-        try_next_candidate(p);
-        return;
+        /* The last candidate's own 429 is the best answer left: its body and Retry-After /
+         * x-ratelimit-* headers tell an SDK when to try again (a 502 would make it retry at
+         * once). It still counts as that upstream's failure. */
+        if (status == 429 && p->next >= p->n_cands) {
+            p->error =
+                arena_printf(http_request_arena(p->http),
+                             "every upstream failed; the last, %s, answered 429", a->endpoint);
+        } else {
+            upstream_cancel(p->up);
+            p->up = NULL;
+            try_next_candidate(p);
+            return;
+        }
     }
     const route_header_t *connection = NULL, *content_type = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -178,6 +187,7 @@ static void on_up_error(void *ud, int kind, const char *message) {
     p->up = NULL;
     route_attempt_t *a = &p->attempts[p->n_attempts - 1];
     a->failed = 1;
+    a->timed_out = kind == UPSTREAM_ERR_TIMEOUT;
     a->error = arena_strdup(http_request_arena(p->http), message);
     if (p->ctx->metrics)
         metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
@@ -358,7 +368,17 @@ static void try_next_candidate(proxy_req_t *p) {
                    p->attempts[i].error ? p->attempts[i].error : "failed");
     char *text = arena_strndup(http_request_arena(p->http), msg.data ? msg.data : "", msg.len);
     buf_free(&msg);
-    respond_error(p, 502, "upstream_error", text ? text : "all upstreams failed");
+    if (!text) text = "all upstreams failed";
+    if (p->n_attempts && p->attempts[p->n_attempts - 1].timed_out) {
+        /* A timeout is most often a slow generation: an SDK that retried would start the same
+         * slow, paid generation again, so say it should not (the OpenAI SDKs honour this). */
+        static const char no_retry[] = "x-should-retry: false\r\n";
+        p->status = 504;
+        p->error = text;
+        http_respond_error_with(p->http, 504, "timeout_error", text, no_retry, sizeof no_retry - 1);
+    } else {
+        respond_error(p, 502, "upstream_error", text);
+    }
     proxy_finish(p, 1);
 }
 

@@ -38,6 +38,7 @@ typedef struct route_attempt {
     int status;        /* upstream status, 0 when none came */
     const char *error; /* why it failed, NULL when it did not */
     int failed;        /* counts as an upstream failure */
+    int timed_out;     /* failed by a timeout (connect, headers or idle) */
 } route_attempt_t;
 
 typedef struct route_res {

@@ -76,5 +76,8 @@ void http_response_abort(http_request_t *req);
 void http_respond_json(http_request_t *req, int status, const char *json, size_t len);
 /* {"error":{"message":...,"type":...}} */
 void http_respond_error(http_request_t *req, int status, const char *type, const char *message);
+/* The same with extra "Name: value\r\n" header lines. */
+void http_respond_error_with(http_request_t *req, int status, const char *type, const char *message,
+                             const char *headers, size_t headers_len);
 
 #endif
