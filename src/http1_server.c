@@ -20,9 +20,16 @@
 #define BODY_IDLE_MS      (60 * 1000)
 #define KEEPALIVE_IDLE_MS (75 * 1000)
 /* Pipelined bytes held while a request is handled; past this we stop reading. */
-#define PENDING_CAP    (256 * 1024)
-#define FREE_REQS_MAX  256
-#define FREE_CONNS_MAX 64
+#define PENDING_CAP (256 * 1024)
+/* After an answer given before the request ended (a 413 while the body still arrives, a 400,
+ * a 431), the client is usually still sending: closing at once would reset the connection and
+ * the client would never read the answer (RFC 9112 section 9.6). So the write side is shut
+ * after the answer and what still arrives is read and dropped, for this long or this many
+ * bytes at most, then the connection closes. */
+#define LINGER_MS        (2 * 1000)
+#define LINGER_MAX_BYTES ((size_t)64 << 20)
+#define FREE_REQS_MAX    256
+#define FREE_CONNS_MAX   64
 /* Head buffer memory a connection keeps between responses. */
 #define HEAD_KEEP (16 * 1024)
 
@@ -45,6 +52,8 @@ struct server_conn {
     buf_t pending; /* bytes received but not parsed yet (pipelining) */
     size_t pending_off;
     int reading_stopped, processing, closing, shut_down;
+    int discarding;   /* answered before the request ended: drop what still arrives */
+    size_t discarded; /* bytes dropped so far */
 
     buf_t head; /* the active response's head, until it leaves with the first body bytes */
     int head_waiting, write_failed;
@@ -536,6 +545,12 @@ static void conn_reject(server_conn_t *c, int status, const char *message) {
         conn_close(c);
         return;
     }
+    c->discarding = 1;
+    c->pending.len = c->pending_off = 0;
+    if (c->reading_stopped) {
+        c->reading_stopped = 0;
+        stream_read_start(c->stream);
+    }
     req->http_major = 1;
     req->http_minor = 1;
     req->keep_alive = 0;
@@ -615,6 +630,11 @@ static void pending_append(server_conn_t *c, const char *data, size_t len) {
 /* Request bytes, decrypted if need be. */
 static void conn_on_bytes(server_conn_t *c, const char *data, size_t len) {
     if (c->write_failed) return;
+    if (c->discarding) {
+        c->discarded += len;
+        if (c->discarded > LINGER_MAX_BYTES) conn_close(c);
+        return;
+    }
     if (c->active || c->pending_off < c->pending.len) {
         pending_append(c, data, len);
         if (c->closing) return;
@@ -656,7 +676,13 @@ static void on_stream_drain(stream_t *s) {
 }
 
 static void on_stream_shutdown(stream_t *s) {
-    conn_close(stream_data(s));
+    server_conn_t *c = stream_data(s);
+    /* The answer is out; a client still sending gets LINGER_MS to finish and read it. */
+    if (c->discarding && !c->closing) {
+        conn_deadline(c, LINGER_MS);
+        return;
+    }
+    conn_close(c);
 }
 
 static const stream_callbacks_t conn_stream_events = {

@@ -440,7 +440,7 @@ static void on_tcp_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub) {
 }
 
 void stream_read_start(stream_t *s) {
-    if (s->closing || s->shutting || s->reading) return;
+    if (s->closing || s->reading) return;
     s->reading = 1;
     uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_tcp_read);
 }
@@ -526,7 +526,8 @@ static void on_shutdown_done(uv_shutdown_t *sr, int status) {
 void stream_shutdown(stream_t *s) {
     if (s->closing || s->shutting) return;
     s->shutting = 1;
-    stream_read_stop(s);
+    /* Reading goes on: a peer may still be sending what its owner wants to read and drop
+     * (http1_server.c's lingering close after an early answer). */
     s->shutdown_req.data = s;
     if (uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown_done) < 0 &&
         s->cb.on_shutdown)

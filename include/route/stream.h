@@ -81,7 +81,8 @@ size_t stream_pending(const stream_t *s);
 /* on_drain fires when pending falls to low after having exceeded high. */
 void stream_set_watermarks(stream_t *s, size_t high, size_t low);
 
-/* Stops reading, lets queued writes finish, sends FIN, then on_shutdown. */
+/* Lets queued writes finish, sends FIN, then on_shutdown; reading goes on until the owner
+ * stops it or closes (a lingering close reads and drops what the peer still sends). */
 void stream_shutdown(stream_t *s);
 /* Closes now (queued writes are dropped). No callback follows; the stream frees itself. */
 void stream_close(stream_t *s);
