@@ -12,7 +12,7 @@ import pytest
 
 import routetest
 from conftest import UPSTREAM_SK
-from mock_upstream import ChatCompletion, ChatStream
+from mock_upstream import ChatCompletion, ChatStream, Hang, Status
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 
@@ -62,3 +62,23 @@ def test_node_sdk_plain_and_stream(sdk_dir, mock, proxy_factory):
     assert (stream["prompt_tokens"], stream["completion_tokens"], stream["total_tokens"]) == (9, 3, 12)
     assert plain["model"] == stream["model"] == "gpt-4o-mini"
     assert plain["status"] == stream["status"] == 200
+
+
+@pytest.mark.deadline(120)
+def test_node_sdk_sees_429_and_does_not_retry_a_504(sdk_dir, mock, proxy_factory):
+    limit = {"error": {"message": "Rate limit reached", "type": "requests",
+                       "code": "rate_limit_exceeded"}}
+    mock.enqueue(Status(429, body=limit, headers=[("Retry-After", "7")]))
+    mock.set_default(Hang(timeout=10))
+    proxy = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+    proxy.set_config("timeout", "1")
+    env = dict(os.environ, ROUTE_BASE_URL=proxy.url + "/v1", ROUTE_TOKEN=routetest.TOKEN)
+    out = subprocess.run(["node", "errors.mjs"], cwd=sdk_dir, env=env, capture_output=True,
+                         text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rateLimited"]["name"] == "RateLimitError", got
+    assert got["rateLimited"]["status"] == 429 and got["rateLimited"]["retryAfter"] == "7", got
+    assert got["timedOut"]["status"] == 504, got
+    # One request for the 429, exactly one for the timed-out generation: no SDK retry.
+    assert len(mock.requests) == 2, [r.target for r in mock.requests]
