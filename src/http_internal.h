@@ -29,6 +29,7 @@ struct server {
     size_t n_free_reqs;
     server_conn_t *free_conns; /* recycled connection objects, up to a ceiling */
     size_t n_free_conns;
+    log_limiter_t accept_log, limit_log; /* per-connection warnings, rate-limited */
 };
 
 struct http_request {

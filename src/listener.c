@@ -17,7 +17,7 @@
 static void on_connection(uv_stream_t *listener, int status) {
     server_t *srv = listener->data;
     if (status < 0) {
-        route_log(LOG_WARN, "accept: %s", uv_strerror(status));
+        route_log_limited(&srv->accept_log, LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
     stream_t *s =
@@ -25,7 +25,8 @@ static void on_connection(uv_stream_t *listener, int status) {
     if (!s) return;
     int64_t limit = config_current(srv->ctx)->max_connections;
     if (srv->n_conns >= (size_t)limit) {
-        route_log(LOG_WARN, "connection limit %lld reached, refusing a client", (long long)limit);
+        route_log_limited(&srv->limit_log, LOG_WARN,
+                          "connection limit %lld reached, refusing a client", (long long)limit);
         stream_close(s);
         return;
     }

@@ -5,8 +5,9 @@
  * response headers passed back, backpressure, what on_response and the metrics see, and when
  * the exchange is accounted (records.c builds the row and counts, in proxy_finish).
  * Must not: parse HTTP or manage sockets (http1_server.c, http1_client.c, stream.c), touch Lua
- * (src/lua/) or the database (src/store/), read config strings (config_current gives the typed
- * snapshot), or copy response bytes: they go to the client in the buffer they came in. */
+ * (src/lua/) or SQLite (it only queues the finished row, store_loop_record), read config
+ * strings (config_current gives the typed snapshot), or copy response bytes: they go to the
+ * client in the buffer they came in. */
 #include "route/proxy.h"
 
 #include <stdio.h>

@@ -2,8 +2,9 @@
  *
  * Owns: building the `records` row from what C knows of the exchange (request, attempts,
  * extraction) and the upstream counter rules (success, failure, what counts as neither).
- * Must not: run Lua or decide what the client gets (proxy.c), or talk to SQLite: rows and
- * counter bumps go to the store's queue (store_loop_record, store_loop_upstream_result). */
+ * Must not: run Lua or decide what the client gets (proxy.c), or talk to SQLite: counter bumps
+ * go to the store's queue (store_loop_upstream_result); the row goes to proxy.c, which queues
+ * it (store_loop_record) once on_response had its say. */
 #include "route/records.h"
 
 #include <stddef.h>

@@ -29,6 +29,7 @@ struct upstream_pool {
     size_t n_idle;
     upstream_req_t *free_reqs; /* recycled request objects, up to a ceiling */
     size_t n_free_reqs;
+    log_limiter_t webhook_log; /* a failing webhook fails once per failed request */
 };
 
 struct upstream_conn {

@@ -589,3 +589,24 @@ void route_log(int level, const char *fmt, ...) {
     route_vlog(level, fmt, ap);
     va_end(ap);
 }
+
+void route_log_limited(log_limiter_t *l, int level, const char *fmt, ...) {
+    if (level < log_min_level) return;
+    int64_t now = util_now_mono_ns();
+    if (now < l->next_ns) {
+        l->held_back++;
+        return;
+    }
+    char text[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (l->held_back)
+        route_log(level, "%s (and %llu more like it in the last %lld s)", text,
+                  (unsigned long long)l->held_back, LOG_LIMIT_INTERVAL_NS / 1000000000LL);
+    else
+        route_log(level, "%s", text);
+    l->held_back = 0;
+    l->next_ns = now + LOG_LIMIT_INTERVAL_NS;
+}

@@ -7,12 +7,14 @@
 #include <string.h>
 
 #include "route/upstream.h"
+#include "upstream_internal.h"
 
 typedef struct webhook {
     arena_t arena;
     upstream_url_t url;
     char *label; /* scheme://host/path, never the query: webhook URLs carry secrets there */
     int status;
+    upstream_pool_t *pool;
 } webhook_t;
 
 static void webhook_free(webhook_t *w) {
@@ -28,14 +30,17 @@ static void on_webhook_body(void *ud, const char *data, size_t len, refbuf_t *re
 
 static void on_webhook_done(void *ud) {
     webhook_t *w = ud;
-    route_log(w->status >= 300 ? LOG_WARN : LOG_DEBUG, "webhook %s answered %d", w->label,
-              w->status);
+    if (w->status >= 300)
+        route_log_limited(&w->pool->webhook_log, LOG_WARN, "webhook %s answered %d", w->label,
+                          w->status);
+    else
+        route_log(LOG_DEBUG, "webhook %s answered %d", w->label, w->status);
     webhook_free(w);
 }
 
 static void on_webhook_error(void *ud, int kind, const char *message) {
     webhook_t *w = ud;
-    route_log(LOG_WARN, "webhook %s failed: %s", w->label, message);
+    route_log_limited(&w->pool->webhook_log, LOG_WARN, "webhook %s failed: %s", w->label, message);
     webhook_free(w);
 }
 
@@ -48,6 +53,7 @@ int upstream_post(upstream_pool_t *pool, const char *url, const char *body, size
         .on_error = on_webhook_error,
     };
     webhook_t *w = calloc(1, sizeof(*w));
+    if (w) w->pool = pool;
     if (!w) {
         *why = "out of memory";
         return -1;

@@ -99,6 +99,16 @@ void route_log(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 void route_vlog(int level, const char *fmt, va_list ap);
 /* Minimum level printed; read from ROUTE_LOG_LEVEL (debug|info|warn|error) at start. */
 void route_log_set_level(int level);
+/* For a line that can come once per request or connection (a refused client, a failing hook):
+ * at most one per LOG_LIMIT_INTERVAL_NS per limiter, and the next one says how many were held
+ * back meanwhile. The limiter lives in its caller's object (zeroed = ready). */
+typedef struct log_limiter {
+    int64_t next_ns;
+    uint64_t held_back;
+} log_limiter_t;
+#define LOG_LIMIT_INTERVAL_NS (10 * 1000000000LL)
+void route_log_limited(log_limiter_t *l, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif
 

@@ -110,7 +110,7 @@ int hooks_authorize(hooks_t *h, route_req_t *req, int *status, const char **mess
     call_t c = {.h = h, .req = req};
     char *err = NULL;
     if (run_call(&c, authorize_p, &err) != 0) {
-        route_log(LOG_ERROR, "hooks: authorize failed: %s", err);
+        route_log_limited(&h->authorize_log, LOG_ERROR, "hooks: authorize failed: %s", err);
         *status = 500;
         *message = arena_strdup(http_request_arena(req->http), err);
         free(err);
@@ -219,7 +219,7 @@ int hooks_pick_upstream(hooks_t *h, route_req_t *req, route_candidate_t **out, s
                  : run_call(&c, pick_p, &err);
     if (rc != 0) {
         /* "No upstream" is the operator's configuration, not a hook failure. */
-        route_log(LOG_WARN, "hooks: pick_upstream: %s", err);
+        route_log_limited(&h->pick_log, LOG_WARN, "hooks: pick_upstream: %s", err);
         *message = arena_strdup(http_request_arena(req->http), err);
         free(err);
         return -1;
@@ -260,7 +260,8 @@ void hooks_on_response(hooks_t *h, route_req_t *req, const route_res_t *res, sto
     lua_res_end(h->L, c.res_obj);
     int own = req->recorded_own;
     if (rc != 0) {
-        route_log(LOG_ERROR, "hooks: on_response failed for request %s: %s", req->id, err);
+        route_log_limited(&h->on_response_log, LOG_ERROR,
+                          "hooks: on_response failed for request %s: %s", req->id, err);
         store_record_t *r = rec ? *rec : NULL;
         /* The row says why the hook's additions are missing when nothing else went wrong. */
         if (r && !own && (!r->error || !r->error[0])) {

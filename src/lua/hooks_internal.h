@@ -47,6 +47,8 @@ struct hooks {
     int loading;      /* a load or reload runs: no time limit */
     size_t mem_limit; /* bytes for the whole state */
     size_t mem_used;
+    /* A failing hook fails every request: its log lines are rate-limited, one kind each. */
+    log_limiter_t authorize_log, pick_log, on_response_log;
 };
 
 /* ---- hooks.c ---- */

@@ -5,9 +5,9 @@
  *
  * Owns: the loop's snapshot and its generations, the pending config values, the count of bumps
  * issued per upstream, the uv_async_t the writer hands snapshots over with.
- * Must not: call SQLite or wait on a lock held across a database call (queue_mu and inbox_mu
- * guard pointer swaps only), run on any thread but the loop's (store_open's first install and
- * store_attach_loop run before the loop does), or log a key, a token or a config value. */
+ * Must not: call SQLite once the loop runs (store_attach_loop's first snapshot is read before
+ * it does), wait on a lock held across a database call (queue_mu and inbox_mu guard pointer
+ * swaps only), run on any thread but the loop's, or log a key, a token or a config value. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

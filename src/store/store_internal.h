@@ -125,6 +125,8 @@ struct store {
     store_record_t *queue_head, *queue_tail;
     size_t queue_depth, queue_max;
     size_t queue_bytes, queue_bytes_max;
+    /* Writer thread only: a failing database fails every group commit (every 50 ms). */
+    log_limiter_t write_log, lost_log;
     bump_table_t queue_folded;
     config_item_t *queue_config, **queue_config_tail;
     int writer_sleeping, stopping, polling;

@@ -308,7 +308,8 @@ static void count_committed(store_t *s, const batch_t *b) {
 static int write_batch(store_t *s, const batch_t *b) {
     sqlite3 *db = s->writer_db;
     if (store_step_reset(s->w_begin) != SQLITE_DONE) {
-        route_log(LOG_WARN, "store: cannot start a write: %s", sqlite3_errmsg(db));
+        route_log_limited(&s->write_log, LOG_WARN, "store: cannot start a write: %s",
+                          sqlite3_errmsg(db));
         return -1;
     }
     size_t failed = 0;
@@ -319,13 +320,15 @@ static int write_batch(store_t *s, const batch_t *b) {
     for (const config_item_t *it = b->config; it; it = it->next)
         failed += write_config(s, it) != 0;
     if (failed)
-        route_log(LOG_ERROR, "store: %zu queued write(s) failed: %s", failed, sqlite3_errmsg(db));
+        route_log_limited(&s->write_log, LOG_ERROR, "store: %zu queued write(s) failed: %s", failed,
+                          sqlite3_errmsg(db));
     pthread_mutex_lock(&s->snap_mu);
     int rc = store_step_reset(s->w_commit);
     if (rc == SQLITE_DONE) count_committed(s, b);
     pthread_mutex_unlock(&s->snap_mu);
     if (rc == SQLITE_DONE) return 0;
-    route_log(LOG_WARN, "store: committing a batch failed: %s", sqlite3_errmsg(db));
+    route_log_limited(&s->write_log, LOG_WARN, "store: committing a batch failed: %s",
+                      sqlite3_errmsg(db));
     store_step_reset(s->w_rollback);
     return -1;
 }
@@ -335,8 +338,9 @@ static void finish_batch(store_t *s, batch_t *b) {
     for (int attempt = 0; rc && attempt < WRITE_ATTEMPTS; attempt++)
         rc = write_batch(s, b);
     if (rc) {
-        route_log(LOG_ERROR, "store: %zu record(s) and the counters of %zu upstream(s) lost",
-                  b->n_records, b->folded->n);
+        route_log_limited(&s->lost_log, LOG_ERROR,
+                          "store: %zu record(s) and the counters of %zu upstream(s) lost",
+                          b->n_records, b->folded->n);
         /* Lost is done too: the loop's view then converges on what the file has. */
         pthread_mutex_lock(&s->snap_mu);
         count_committed(s, b);
