@@ -77,6 +77,16 @@ static void req_complete(upstream_req_t *r, int reuse_conn) {
     r->cb.on_done(r->ud);
 }
 
+/* A 101 to an upgrade request: the connection, and what the upstream sent after the head,
+ * go to the caller, who now speaks the new protocol on it. Never pooled. */
+static void req_switch(upstream_req_t *r, const char *early, size_t early_len, refbuf_t *ref) {
+    upstream_conn_t *c = r->conn;
+    req_detach_conn(r, 0);
+    stream_t *s = upstream_conn_take_stream(c);
+    req_finish(r); /* the headers (r->arena) live until the timer's close, a later iteration */
+    r->cb.on_upgrade(r->ud, r->hh.items, r->hh.n, s, early, early_len, ref);
+}
+
 static void on_req_timer(uv_timer_t *t) {
     upstream_req_t *r = t->data;
     if (r->deferred_kind) {
@@ -187,6 +197,13 @@ static int conn_parse(upstream_conn_t *c, upstream_req_t *r, const char *data, s
         upstream_req_recycle(r->pool, r);
         return 0;
     }
+    if (r->switched) {
+        const char *rest = err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE
+                               ? llhttp_get_error_pos(&c->parser)
+                               : data + len;
+        req_switch(r, rest, (size_t)(data + len - rest), ref);
+        return 0;
+    }
     if (r->message_done) {
         int leftover = err == HPE_PAUSED && llhttp_get_error_pos(&c->parser) < data + len;
         req_complete(r, !leftover && llhttp_should_keep_alive(&c->parser));
@@ -227,6 +244,10 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     upstream_req_t *r = parser_req(p);
     int status = p->status_code;
+    if (status == 101 && r->opts.upgrade && r->cb.on_upgrade) {
+        r->switched = 1; /* the rest is the new protocol: no body (llhttp stops, paused) */
+        return 2;
+    }
     if (status >= 100 && status < 200 && status != 101) {
         r->informational = 1; /* 100 Continue and friends: wait for the real head */
         return 0;
