@@ -256,14 +256,20 @@ static int is_websocket_header(const route_header_t *h) {
     return h->name_len > 14 && memcmp(h->name, "sec-websocket-", 14) == 0;
 }
 
+/* Spelled as RFC 6455 does ("Sec-WebSocket-Accept"): some clients compare case-sensitively. */
+static void append_websocket_header(buf_t *b, const route_header_t *h) {
+    buf_appends(b, "Sec-WebSocket-");
+    append_canonical_name(b, h->name + 14, h->name_len - 14);
+    append3(b, ": ", h->value, h->value_len, "\r\n");
+}
+
 static void append_upgrade_headers(const proxy_req_t *p, buf_t *b) {
     buf_appends(b, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
     size_t n = http_request_header_count(p->http);
     for (size_t i = 0; i < n; i++) {
         const route_header_t *v = http_request_header_at(p->http, i);
         if (!v->name || !is_websocket_header(v)) continue;
-        append_canonical_name(b, v->name, v->name_len);
-        append3(b, ": ", v->value, v->value_len, "\r\n");
+        append_websocket_header(b, v);
     }
 }
 
@@ -290,9 +296,7 @@ static void on_up_upgrade(void *ud, const route_header_t *headers, size_t n,
     a->status = 101;
     buf_t lines = {0}, from_client = {0};
     for (size_t i = 0; i < n; i++) {
-        if (!is_websocket_header(&headers[i])) continue;
-        append_canonical_name(&lines, headers[i].name, headers[i].name_len);
-        append3(&lines, ": ", headers[i].value, headers[i].value_len, "\r\n");
+        if (is_websocket_header(&headers[i])) append_websocket_header(&lines, &headers[i]);
     }
     struct stream *client =
         http_request_upgrade(p->http, "websocket", lines.data, lines.len, &from_client);
