@@ -88,10 +88,15 @@ class WsMock:
               for the client's close, closes; a client's close is answered with the same code
       silent  101, then reads until EOF, never sends
       reject  400 with a JSON error body (no upgrade)
+      flood   101, then flood_bytes raw bytes (not frames: the proxy does not parse), then EOF
+      hold    101, reads nothing until `release` is set, then counts what arrives until EOF
     Records every handshake (target, lower-case headers) and events as (kind, detail)."""
 
-    def __init__(self, cert=None, mode="echo"):
+    def __init__(self, cert=None, mode="echo", flood_bytes=0):
         self.mode = mode
+        self.flood_bytes = flood_bytes
+        self.sent = self.received = 0
+        self.release = threading.Event()
         self.ctx = cert.server_context() if cert else None
         self.handshakes = []
         self.events = queue.Queue()
@@ -113,6 +118,10 @@ class WsMock:
 
     def stop(self):
         self.stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the other thread
+        except OSError:
+            pass
         self.sock.close()
         for c in self.conns:
             try:
@@ -177,6 +186,29 @@ class WsMock:
             if proto:
                 resp += "Sec-WebSocket-Protocol: %s\r\n" % proto
             resp = resp.encode() + b"\r\n"
+            if self.mode == "flood":
+                s.sendall(resp)
+                piece = b"\xab" * 65536
+                while self.sent < self.flood_bytes:
+                    n = min(len(piece), self.flood_bytes - self.sent)
+                    s.sendall(piece[:n])
+                    self.sent += n
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(65536):
+                    pass
+                self.events.put(("eof", None))
+                return
+            if self.mode == "hold":
+                s.sendall(resp)
+                self.release.wait(60)
+                s.settimeout(60)
+                while True:
+                    got = s.recv(65536)
+                    if not got:
+                        break
+                    self.received += len(got)
+                self.events.put(("eof", self.received))
+                return
             if self.mode == "silent":
                 s.sendall(resp)
                 s.settimeout(60)
@@ -385,24 +417,101 @@ def test_a_silent_tunnel_is_closed_after_idle_timeout(sdk_dir, proxy_factory, ws
     assert "idle timeout" in rec["Response"], rec
 
 
+def raw_handshake(p, timeout=IO_TIMEOUT):
+    """A WebSocket handshake by hand through the proxy; returns (socket, head bytes)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=timeout)
+    s.sendall(("GET /v1/realtime?model=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: %s\r\n\r\n" % (p.token, key)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        got = s.recv(4096)
+        assert got, head
+        head += got
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"access-control-" not in head.lower(), head  # no CORS on a 101
+    want = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest())
+    assert b"Sec-WebSocket-Accept: " + want in head, head
+    return s, head.split(b"\r\n\r\n", 1)[1]
+
+
+def wait_stalled(value, timeout=30.0, quiet=1.0):
+    """Waits until value() stops growing for `quiet` seconds; returns it."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError("still moving after %.0f s: %r" % (timeout, last))
+
+
+FLOOD = 96 * 1024 * 1024
+
+
+@pytest.mark.deadline(120)
+def test_backpressure_upstream_to_a_client_that_does_not_read(proxy_factory, ws_mocks):
+    mock = ws_mocks(mode="flood", flood_bytes=FLOOD)
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+    s, early = raw_handshake(p)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    # The client reads nothing: the proxy stops reading the upstream once its queue to the
+    # client is full, so the mock's sends stall far short of the whole flood (socket buffers
+    # on both legs plus the proxy's high-water mark, a few MiB).
+    stalled = wait_stalled(lambda: mock.sent)
+    assert stalled < FLOOD // 2, stalled
+    total = len(early)
+    s.settimeout(IO_TIMEOUT)
+    while True:
+        got = s.recv(1 << 20)
+        if not got:
+            break
+        total += len(got)
+    s.close()
+    assert total == FLOOD
+    rec = wait_ws_record(p)
+    assert "%d bytes to client" % FLOOD in rec["Response"], rec
+
+
+@pytest.mark.deadline(120)
+def test_backpressure_client_to_an_upstream_that_does_not_read(proxy_factory, ws_mocks):
+    mock = ws_mocks(mode="hold")
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+    s, _ = raw_handshake(p)
+    s.settimeout(1.0)
+    piece = b"\xcd" * 65536
+    sent = 0
+    # The upstream reads nothing: the proxy stops reading the client, whose sends then block.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            sent += s.send(piece)
+        except socket.timeout:
+            break
+        assert sent < FLOOD, "the proxy kept reading with nowhere to put the bytes"
+    mock.release.set()
+    s.settimeout(IO_TIMEOUT)
+    s.sendall(piece)
+    sent += len(piece)
+    s.shutdown(socket.SHUT_WR)  # the client's close: the upstream sees EOF after every byte
+    assert mock.wait_event("eof")[1] == sent
+    assert s.recv(4096) == b""
+    s.close()
+    rec = wait_ws_record(p)
+    assert "%d bytes to upstream" % sent in rec["Response"], rec
+
+
 @pytest.mark.deadline(90)
 def test_shutdown_closes_an_open_tunnel(proxy_factory, ws_mocks):
     """A tunnel counts as an active request: SIGTERM waits for it up to shutdown_grace, then
     closes it (and records it) and exits 0."""
     mock = ws_mocks(mode="silent")
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())], config={"shutdown_grace": "1"})
-    key = base64.b64encode(os.urandom(16)).decode()
-    s = socket.create_connection(("127.0.0.1", p.port), timeout=IO_TIMEOUT)
-    s.sendall(("GET /v1/realtime?model=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-               "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Key: %s\r\n\r\n" % (p.token, key)).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(4096)
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    assert b"access-control-" not in head.lower(), head
-    want = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest())
-    assert b"Sec-WebSocket-Accept: " + want in head, head
+    s, _ = raw_handshake(p)
     mock.wait_event("handshake")
     # Bytes through the raw tunnel, unparsed: the silent mock just reads them.
     s.sendall(b"\x81\x80\0\0\0\0")
