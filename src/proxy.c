@@ -40,9 +40,9 @@ typedef struct proxy_req {
     int64_t ttfb_ns;
     int status, sent_head, finished, client_aborted, asis;
     const char *error;
-    int upgrade;       /* a WebSocket handshake: relayed after the upstream's 101 */
-    tunnel_t *tunnel;  /* after the 101 */
-    uint64_t idle_ms;  /* of the current attempt */
+    int upgrade;      /* a WebSocket handshake: relayed after the upstream's 101 */
+    tunnel_t *tunnel; /* after the 101 */
+    uint64_t idle_ms; /* of the current attempt */
     const char *tunnel_summary;
 } proxy_req_t;
 
@@ -306,8 +306,8 @@ static void on_up_upgrade(void *ud, const route_header_t *headers, size_t n,
     static const char *names[2] = {"client", "upstream"};
     if (client) {
         p->sent_head = 1;
-        p->tunnel = tunnel_start(p->ctx->loop, client, upstream, names, p->idle_ms,
-                                 on_tunnel_done, p);
+        p->tunnel =
+            tunnel_start(p->ctx->loop, client, upstream, names, p->idle_ms, on_tunnel_done, p);
     }
     if (!p->tunnel) {
         stream_close(upstream);

@@ -27,9 +27,9 @@ struct tunnel {
     tunnel_done_cb done;
     void *ud;
     tunnel_stats_t stats;
-    int eof[2];      /* side i sent its EOF */
-    int paused[2];   /* side i is not read: the other side's queue is full */
-    int shut[2];     /* side i's write side is being (or was) shut down */
+    int eof[2];    /* side i sent its EOF */
+    int paused[2]; /* side i is not read: the other side's queue is full */
+    int shut[2];   /* side i's write side is being (or was) shut down */
     int shut_done[2];
     int ended;
     const char *later_reason; /* an end decided inside a call, reported from the timer */

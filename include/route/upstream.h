@@ -68,7 +68,7 @@ typedef struct upstream_request_opts {
     const char *body; /* stays valid until on_done/on_error/cancel */
     size_t body_len;
     int head_request; /* HEAD: the response has no body */
-    int upgrade;      /* asks to switch protocols (headers carry Upgrade): a 101 ends in on_upgrade */
+    int upgrade;      /* headers ask to switch protocols: a 101 ends in on_upgrade */
     uint64_t connect_timeout_ms, header_timeout_ms, idle_timeout_ms;
 } upstream_request_opts_t;
 
