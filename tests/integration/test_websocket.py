@@ -417,13 +417,14 @@ def test_a_silent_tunnel_is_closed_after_idle_timeout(sdk_dir, proxy_factory, ws
     assert "idle timeout" in rec["Response"], rec
 
 
-def raw_handshake(p, timeout=IO_TIMEOUT):
-    """A WebSocket handshake by hand through the proxy; returns (socket, head bytes)."""
+def raw_handshake(p, timeout=IO_TIMEOUT, early=b""):
+    """A WebSocket handshake by hand through the proxy, with `early` bytes in the same write;
+    returns (socket, the bytes after the 101's head)."""
     key = base64.b64encode(os.urandom(16)).decode()
     s = socket.create_connection(("127.0.0.1", p.port), timeout=timeout)
     s.sendall(("GET /v1/realtime?model=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
                "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Key: %s\r\n\r\n" % (p.token, key)).encode())
+               "Sec-WebSocket-Key: %s\r\n\r\n" % (p.token, key)).encode() + early)
     head = b""
     while b"\r\n\r\n" not in head:
         got = s.recv(4096)
@@ -448,6 +449,29 @@ def wait_stalled(value, timeout=30.0, quiet=1.0):
         elif time.monotonic() - since >= quiet:
             return now
     raise AssertionError("still moving after %.0f s: %r" % (timeout, last))
+
+
+def masked_text(text):
+    data = text.encode()
+    return struct.pack("!BB", 0x81, 0x80 | len(data)) + b"\0\0\0\0" + data
+
+
+@pytest.mark.deadline(60)
+def test_bytes_sent_with_the_handshake_reach_the_upstream(proxy_factory, ws_mocks):
+    """A client may send its first frame in the same packet as the handshake: the proxy hands
+    what it read after the request head to the upstream once the 101 came."""
+    mock = ws_mocks()
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+    s, rest = raw_handshake(p, early=masked_text("early bird"))
+    want = frame(1, b"hello from upstream") + frame(1, b"echo:early bird")
+    s.settimeout(IO_TIMEOUT)
+    while len(rest) < len(want):
+        got = s.recv(4096)
+        assert got, rest
+        rest += got
+    assert rest == want
+    assert mock.wait_event("text")[1] == "early bird"
+    s.close()
 
 
 FLOOD = 96 * 1024 * 1024
