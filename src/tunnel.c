@@ -97,8 +97,8 @@ static void on_timer(uv_timer_t *h) {
  * is over the high-water mark. 0, or -1 when the write failed. */
 static int relay(tunnel_t *t, int from, const char *data, size_t len, refbuf_t *ref) {
     int to = !from;
-    t->stats.bytes_from[from] += len;
     if (t->shut[to]) return 0; /* its write side is closing: nothing more can go there */
+    t->stats.bytes_from[from] += len;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
     if (stream_write(t->s[to], &b, 1, ref) != 0) return -1;
     if (stream_pending(t->s[to]) > TUNNEL_HIGH_WATER && !t->paused[from]) {
