@@ -3,8 +3,9 @@
  * Owns: the request's life (exactly one of on_done/on_error, never from inside
  * upstream_request), writing the request (line, caller's headers and body in one write),
  * llhttp response parsing and de-chunking, 1xx heads, close-delimited bodies, the connect /
- * response-header / idle-body timeouts, backpressure (pause/resume), and retrying once on a
- * fresh connection when a pooled one turns out closed before any response byte.
+ * response-header / idle-body timeouts, backpressure (pause/resume), retrying once on a
+ * fresh connection when a pooled one turns out closed before any response byte, and a 101
+ * to an upgrade request (the connection and the bytes after the head go to the caller).
  * Must not: manage connections or DNS (upstream_pool.c), touch sockets or TLS (stream.c),
  * decide anything about failover, headers or records (proxy.c), or block. */
 #include <stdio.h>

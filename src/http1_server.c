@@ -4,8 +4,9 @@
  * keep-alive idle), keep-alive and pipelining (one request handled at a time per connection,
  * later bytes held until its response ends), response framing (Content-Length, chunked or
  * close-delimited) with the head leaving in the same write as the first body bytes, the
- * request and connection objects (recycled up to a ceiling) and the request accessors, and
- * handing complete requests to the router.
+ * request and connection objects (recycled up to a ceiling) and the request accessors,
+ * handing complete requests to the router, and a protocol switch (the 101 head, then the
+ * stream and the bytes after the request head handed to the handler).
  * Must not: know which handler answers which path (router.c), touch sockets or TLS directly
  * (stream.c), accept or refuse connections (listener.c), or block. */
 #include <stdio.h>
@@ -531,7 +532,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
     server_conn_t *c = p->data;
     /* An Upgrade request (h2c, websocket) is answered as plain HTTP and then the connection
-     * closes: llhttp would refuse to parse anything after it. */
+     * closes (llhttp would refuse to parse anything after it), unless the handler switches
+     * protocols (http_request_upgrade) and takes the connection. */
     c->reading->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     c->reading->upgrade = p->upgrade;
     /* Pause so the request is handled before any pipelined bytes after it are parsed. */

@@ -2,7 +2,9 @@
  *
  * Owns: the order of events (authorize hook, pick_upstream hook, forward, failover, stream,
  * finish), the upstream request's path and headers, which failures fail over and count, the
- * response headers passed back, backpressure, what on_response and the metrics see, and when
+ * response headers passed back, backpressure, a WebSocket handshake (its headers both ways,
+ * the switch to a tunnel.c relay after the upstream's 101 and the session's record), what
+ * on_response and the metrics see, and when
  * the exchange is accounted (records.c builds the row and counts, in proxy_finish).
  * Must not: parse HTTP or manage sockets (http1_server.c, http1_client.c, stream.c), touch Lua
  * (src/lua/) or SQLite (it only queues the finished row, store_loop_record), read config
