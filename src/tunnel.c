@@ -135,11 +135,7 @@ static void on_read(stream_t *s, ssize_t nread, const char *data, refbuf_t *ref)
         snprintf(t->reason, sizeof(t->reason), "%s closed", t->name[from]);
         t->stats.reason = t->reason;
     }
-    if (t->eof[to]) {
-        tunnel_end(t, t->stats.reason, 0);
-        return;
-    }
-    shut_write_side(t, to);
+    shut_write_side(t, to); /* both sides closed: both flushes run, the last one ends it */
 }
 
 static void on_shutdown(stream_t *s) {
@@ -147,9 +143,10 @@ static void on_shutdown(stream_t *s) {
     if (t->ended) return;
     int side = side_of(t, s), other = !side;
     t->shut_done[side] = 1;
+    if (t->shut[other] && !t->shut_done[other]) return; /* its flush is under way */
     /* The side that closed first may still have bytes queued for it (the other's last words,
      * a WebSocket close frame): let them out before closing, bounded by the idle timeout. */
-    if (!t->shut_done[other] && stream_pending(t->s[other]) > 0) {
+    if (!t->shut[other] && stream_pending(t->s[other]) > 0) {
         stream_read_stop(t->s[side]);
         shut_write_side(t, other);
         return;
