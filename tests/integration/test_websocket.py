@@ -537,6 +537,9 @@ def test_shutdown_closes_an_open_tunnel(proxy_factory, ws_mocks):
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())], config={"shutdown_grace": "1"})
     s, _ = raw_handshake(p)
     mock.wait_event("handshake")
+    # The tunnel is an open connection with a request in flight (besides this /metrics call).
+    metrics = p.request("GET", "/metrics").body.decode()
+    assert "route_active_requests 2\n" in metrics, metrics
     # Bytes through the raw tunnel, unparsed: the silent mock just reads them.
     s.sendall(b"\x81\x80\0\0\0\0")
     p.stop()
