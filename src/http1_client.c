@@ -3,8 +3,9 @@
  * Owns: the request's life (exactly one of on_done/on_error, never from inside
  * upstream_request), writing the request (line, caller's headers and body in one write),
  * llhttp response parsing and de-chunking, 1xx heads, close-delimited bodies, the connect /
- * response-header / idle-body timeouts, backpressure (pause/resume), and retrying once on a
- * fresh connection when a pooled one turns out closed before any response byte.
+ * response-header / idle-body timeouts, backpressure (pause/resume), retrying once on a
+ * fresh connection when a pooled one turns out closed before any response byte, and a 101
+ * to an upgrade request (the connection and the bytes after the head go to the caller).
  * Must not: manage connections or DNS (upstream_pool.c), touch sockets or TLS (stream.c),
  * decide anything about failover, headers or records (proxy.c), or block. */
 #include <stdio.h>
@@ -75,6 +76,16 @@ static void req_complete(upstream_req_t *r, int reuse_conn) {
     }
     req_finish(r);
     r->cb.on_done(r->ud);
+}
+
+/* A 101 to an upgrade request: the connection, and what the upstream sent after the head,
+ * go to the caller, who now speaks the new protocol on it. Never pooled. */
+static void req_switch(upstream_req_t *r, const char *early, size_t early_len, refbuf_t *ref) {
+    upstream_conn_t *c = r->conn;
+    req_detach_conn(r, 0);
+    stream_t *s = upstream_conn_take_stream(c);
+    req_finish(r); /* the headers (r->arena) live until the timer's close, a later iteration */
+    r->cb.on_upgrade(r->ud, r->hh.items, r->hh.n, s, early, early_len, ref);
 }
 
 static void on_req_timer(uv_timer_t *t) {
@@ -187,6 +198,13 @@ static int conn_parse(upstream_conn_t *c, upstream_req_t *r, const char *data, s
         upstream_req_recycle(r->pool, r);
         return 0;
     }
+    if (r->switched) {
+        const char *rest = err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE
+                               ? llhttp_get_error_pos(&c->parser)
+                               : data + len;
+        req_switch(r, rest, (size_t)(data + len - rest), ref);
+        return 0;
+    }
     if (r->message_done) {
         int leftover = err == HPE_PAUSED && llhttp_get_error_pos(&c->parser) < data + len;
         req_complete(r, !leftover && llhttp_should_keep_alive(&c->parser));
@@ -227,6 +245,10 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     upstream_req_t *r = parser_req(p);
     int status = p->status_code;
+    if (status == 101 && r->opts.upgrade && r->cb.on_upgrade) {
+        r->switched = 1; /* the rest is the new protocol: no body (llhttp stops, paused) */
+        return 2;
+    }
     if (status >= 100 && status < 200 && status != 101) {
         r->informational = 1; /* 100 Continue and friends: wait for the real head */
         return 0;

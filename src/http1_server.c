@@ -4,8 +4,9 @@
  * keep-alive idle), keep-alive and pipelining (one request handled at a time per connection,
  * later bytes held until its response ends), response framing (Content-Length, chunked or
  * close-delimited) with the head leaving in the same write as the first body bytes, the
- * request and connection objects (recycled up to a ceiling) and the request accessors, and
- * handing complete requests to the router.
+ * request and connection objects (recycled up to a ceiling) and the request accessors,
+ * handing complete requests to the router, and a protocol switch (the 101 head, then the
+ * stream and the bytes after the request head handed to the handler).
  * Must not: know which handler answers which path (router.c), touch sockets or TLS directly
  * (stream.c), accept or refuse connections (listener.c), or block. */
 #include <stdio.h>
@@ -531,8 +532,10 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
     server_conn_t *c = p->data;
     /* An Upgrade request (h2c, websocket) is answered as plain HTTP and then the connection
-     * closes: llhttp would refuse to parse anything after it. */
+     * closes (llhttp would refuse to parse anything after it), unless the handler switches
+     * protocols (http_request_upgrade) and takes the connection. */
     c->reading->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    c->reading->upgrade = p->upgrade;
     /* Pause so the request is handled before any pipelined bytes after it are parsed. */
     return HPE_PAUSED;
 }
@@ -794,6 +797,62 @@ void http1_conn_start(server_t *srv, stream_t *stream) {
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     conn_deadline(c, SLOW_HEADERS_MS);
+}
+
+/* ---------------------------------------------------------------- protocol switches */
+
+int http_request_is_upgrade(const http_request_t *req) {
+    return req->upgrade;
+}
+
+/* The connection keeps its place in the server's list (and the request its place among the
+ * active ones) while the handler owns the stream, so shutdown and max_connections see it;
+ * c->stream is NULL meanwhile, which every later conn_close tolerates. */
+stream_t *http_request_upgrade(http_request_t *req, const char *protocol, const char *headers,
+                               size_t headers_len, buf_t *early) {
+    server_conn_t *c = req->conn;
+    if (!c || !c->stream || c->closing || c->shut_down || c->write_failed || !req->upgrade ||
+        req->response_started)
+        return NULL;
+    buf_t *out = &c->head;
+    out->len = 0;
+    int rc = buf_appends(out, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: ");
+    rc |= buf_appends(out, protocol);
+    rc |= buf_appends(out, "\r\nConnection: Upgrade\r\n");
+    if (headers_len) rc |= buf_append(out, headers, headers_len);
+    rc |= buf_append(out, "\r\n", 2);
+    /* Pipelined bytes held after the head belong to the new protocol. */
+    if (c->pending_off < c->pending.len)
+        rc |= buf_append(early, c->pending.data + c->pending_off, c->pending.len - c->pending_off);
+    if (rc == 0) {
+        uv_buf_t b = uv_buf_init(out->data, (unsigned)out->len);
+        rc = stream_write(c->stream, &b, 1, NULL);
+    }
+    out->len = 0;
+    if (rc != 0) {
+        conn_write_failed(c);
+        return NULL;
+    }
+    req->response_started = 1;
+    req->status = 101;
+    c->pending.len = c->pending_off = 0;
+    c->reading_stopped = 0;
+    c->deadline = 0;
+    stream_t *s = c->stream;
+    c->stream = NULL;
+    stream_set_data(s, NULL, NULL);
+    return s;
+}
+
+void http_request_upgrade_end(http_request_t *req) {
+    server_conn_t *c = req->conn;
+    if (!c || req->response_done) return;
+    req->response_done = 1;
+    c->active = NULL;
+    c->srv->active_requests--;
+    req->conn = NULL;
+    http_request_release(req);
+    conn_close(c);
 }
 
 void http1_server_init(server_t *srv) {

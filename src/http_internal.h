@@ -49,6 +49,7 @@ struct http_request {
     size_t n_headers;
     buf_t body;
     int keep_alive;
+    int upgrade; /* asked to switch protocols (llhttp's parser->upgrade) */
     char client_ip[64];
     int64_t start_mono_ns, start_wall_ns;
 

@@ -2,7 +2,9 @@
  *
  * Owns: the order of events (authorize hook, pick_upstream hook, forward, failover, stream,
  * finish), the upstream request's path and headers, which failures fail over and count, the
- * response headers passed back, backpressure, what on_response and the metrics see, and when
+ * response headers passed back, backpressure, a WebSocket handshake (its headers both ways,
+ * the switch to a tunnel.c relay after the upstream's 101 and the session's record), what
+ * on_response and the metrics see, and when
  * the exchange is accounted (records.c builds the row and counts, in proxy_finish).
  * Must not: parse HTTP or manage sockets (http1_server.c, http1_client.c, stream.c), touch Lua
  * (src/lua/) or SQLite (it only queues the finished row, store_loop_record), read config
@@ -21,6 +23,7 @@
 #include "route/metrics.h"
 #include "route/records.h"
 #include "route/store.h"
+#include "route/tunnel.h"
 #include "route/upstream.h"
 
 typedef struct proxy_req {
@@ -33,11 +36,16 @@ typedef struct proxy_req {
     size_t n_attempts;
     const upstream_url_t *url;     /* of the current attempt */
     upstream_url_ref_t **url_refs; /* one per attempt, released at the end */
+    const upstream_url_t **urls;   /* one per attempt (NULL: invalid), for the 502 message */
     upstream_req_t *up;
     extract_t *ex;
     int64_t ttfb_ns;
     int status, sent_head, finished, client_aborted, asis;
     const char *error;
+    int upgrade;      /* a WebSocket handshake: relayed after the upstream's 101 */
+    tunnel_t *tunnel; /* after the 101 */
+    uint64_t idle_ms; /* of the current attempt */
+    const char *tunnel_summary;
 } proxy_req_t;
 
 static void proxy_finish(proxy_req_t *p, int record);
@@ -107,12 +115,27 @@ static void append_canonical_name(buf_t *out, const char *name, size_t len) {
 }
 
 static int should_fail_over(const proxy_req_t *p, int status) {
+    /* A WebSocket handshake the upstream answered is the client's to see, whatever it says:
+     * no failover once the upstream answered (SPEC, Proxy step 3). */
+    if (p->upgrade) return 0;
     if (status == 429 || status >= 500) return 1;
     /* With sk "asis" a 401/403 is about the client's own key: theirs to see. */
     return (status == 401 || status == 403) && !p->asis;
 }
 
 static void try_next_candidate(proxy_req_t *p);
+
+/* "upstream 3 (api.example.com:443)": an attempt as error messages name it, by id and host,
+ * never by key or path (the path may hold a deployment name, the query a key). */
+static void append_attempt_name(buf_t *b, const proxy_req_t *p, size_t i) {
+    const upstream_url_t *u = p->urls[i];
+    buf_printf(b, "upstream %lld (", (long long)p->attempts[i].upstream_id);
+    if (!u)
+        buf_appends(b, "invalid endpoint");
+    else
+        buf_printf(b, strchr(u->host, ':') ? "[%s]:%d" : "%s:%d", u->host, u->port);
+    buf_appends(b, ")");
+}
 
 static void on_up_head(void *ud, int status, const route_header_t *headers, size_t n,
                        int64_t content_length) {
@@ -129,9 +152,12 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
          * x-ratelimit-* headers tell an SDK when to try again (a 502 would make it retry at
          * once). It still counts as that upstream's failure. */
         if (status == 429 && p->next >= p->n_cands) {
-            p->error =
-                arena_printf(http_request_arena(p->http),
-                             "every upstream failed; the last, %s, answered 429", a->endpoint);
+            buf_t name = {0};
+            append_attempt_name(&name, p, p->n_attempts - 1);
+            p->error = arena_printf(http_request_arena(p->http),
+                                    "every upstream failed; the last, %s, answered 429",
+                                    name.data ? name.data : "upstream");
+            buf_free(&name);
         } else {
             upstream_cancel(p->up);
             p->up = NULL;
@@ -207,11 +233,117 @@ static void on_up_error(void *ud, int kind, const char *message) {
     proxy_finish(p, 1);
 }
 
+/* ---------------------------------------------------------------- WebSocket */
+
+static void append3(buf_t *b, const char *a, const char *v, size_t vlen, const char *c);
+
+/* A WebSocket handshake (RFC 6455 section 4.1): GET with Connection: upgrade and an Upgrade
+ * naming websocket. Other upgrades (h2c) are answered as plain HTTP. */
+static int is_websocket_upgrade(const http_request_t *h) {
+    if (!http_request_is_upgrade(h) || strcmp(http_request_method(h), "GET") != 0) return 0;
+    const route_header_t *up = http_request_header(h, "upgrade");
+    for (const char *v = up ? up->value : ""; *v;) {
+        while (*v == ' ' || *v == '\t' || *v == ',')
+            v++;
+        size_t n = strcspn(v, ", \t");
+        if (n == 9 && strncasecmp(v, "websocket", 9) == 0) return 1;
+        v += n;
+    }
+    return 0;
+}
+
+/* The handshake's own headers, to the upstream (the key proves the 101 answers this request)
+ * and, from the upstream's 101, back to the client. */
+static int is_websocket_header(const route_header_t *h) {
+    return h->name_len > 14 && memcmp(h->name, "sec-websocket-", 14) == 0;
+}
+
+/* Spelled as RFC 6455 does ("Sec-WebSocket-Accept"): some clients compare case-sensitively. */
+static void append_websocket_header(buf_t *b, const route_header_t *h) {
+    buf_appends(b, "Sec-WebSocket-");
+    append_canonical_name(b, h->name + 14, h->name_len - 14);
+    append3(b, ": ", h->value, h->value_len, "\r\n");
+}
+
+static void append_upgrade_headers(const proxy_req_t *p, buf_t *b) {
+    buf_appends(b, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    size_t n = http_request_header_count(p->http);
+    for (size_t i = 0; i < n; i++) {
+        const route_header_t *v = http_request_header_at(p->http, i);
+        if (!v->name || !is_websocket_header(v)) continue;
+        append_websocket_header(b, v);
+    }
+}
+
+static void on_tunnel_done(void *ud, const tunnel_stats_t *st);
+
+/* The record's response column holds the session in a line (no new column: the Go
+ * program's readers of the table and of /admin/request_records see it as it is). */
+static void tunnel_summarize(proxy_req_t *p, const tunnel_stats_t *st) {
+    p->tunnel_summary = arena_printf(
+        http_request_arena(p->http),
+        "websocket: %llu bytes to upstream, %llu bytes to client (frames not parsed); %s",
+        (unsigned long long)st->bytes_from[0], (unsigned long long)st->bytes_from[1],
+        st->reason ? st->reason : "closed");
+    if (st->error && !p->error) p->error = st->reason;
+    if (p->error) p->error = arena_strdup(http_request_arena(p->http), p->error);
+}
+
+static void on_up_upgrade(void *ud, const route_header_t *headers, size_t n,
+                          struct stream *upstream, const char *early, size_t early_len,
+                          refbuf_t *ref) {
+    proxy_req_t *p = ud;
+    p->up = NULL;
+    route_attempt_t *a = &p->attempts[p->n_attempts - 1];
+    a->status = 101;
+    buf_t lines = {0}, from_client = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (is_websocket_header(&headers[i])) append_websocket_header(&lines, &headers[i]);
+    }
+    struct stream *client =
+        http_request_upgrade(p->http, "websocket", lines.data, lines.len, &from_client);
+    buf_free(&lines);
+    p->status = 101;
+    p->ttfb_ns = util_now_mono_ns() - http_request_start_mono_ns(p->http);
+    static const char *names[2] = {"client", "upstream"};
+    if (client) {
+        p->sent_head = 1;
+        p->tunnel =
+            tunnel_start(p->ctx->loop, client, upstream, names, p->idle_ms, on_tunnel_done, p);
+    }
+    if (!p->tunnel) {
+        stream_close(upstream);
+        if (client) {
+            stream_close(client);
+            http_request_upgrade_end(p->http);
+        } else {
+            http_response_abort(p->http);
+        }
+        p->error = client ? "out of memory" : "the client went away before the 101";
+        proxy_finish(p, 1);
+        buf_free(&from_client);
+        return;
+    }
+    /* Bytes that came with the heads: the upstream's go to the client after its 101. */
+    tunnel_send(p->tunnel, 1, from_client.data, from_client.len, NULL);
+    tunnel_send(p->tunnel, 0, early, early_len, ref);
+    buf_free(&from_client);
+}
+
+static void on_tunnel_done(void *ud, const tunnel_stats_t *st) {
+    proxy_req_t *p = ud;
+    p->tunnel = NULL;
+    tunnel_summarize(p, st);
+    http_request_upgrade_end(p->http);
+    proxy_finish(p, 1);
+}
+
 static const upstream_callbacks_t upstream_events = {
     .on_head = on_up_head,
     .on_body = on_up_body,
     .on_done = on_up_done,
     .on_error = on_up_error,
+    .on_upgrade = on_up_upgrade,
 };
 
 /* ---------------------------------------------------------------- forwarding */
@@ -298,6 +430,7 @@ static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) 
         append_canonical_name(b, v->name, v->name_len);
         append3(b, ": ", v->value, v->value_len, "\r\n");
     }
+    if (p->upgrade) append_upgrade_headers(p, b);
     /* The body is complete in memory, so it always goes with a Content-Length. */
     size_t body_len = 0;
     http_request_body(h, &body_len);
@@ -316,6 +449,7 @@ static void try_next_candidate(proxy_req_t *p) {
         route_attempt_t *a = &p->attempts[p->n_attempts++];
         memset(a, 0, sizeof(*a));
         p->url_refs[p->n_attempts - 1] = NULL;
+        p->urls[p->n_attempts - 1] = NULL;
         a->upstream_id = c->id;
         const char *why = NULL, *label = NULL;
         upstream_url_ref_t *ref = upstream_url_get(ctx, c->endpoint, &p->url, &label, &why);
@@ -326,6 +460,7 @@ static void try_next_candidate(proxy_req_t *p) {
             continue;
         }
         p->url_refs[p->n_attempts - 1] = ref;
+        p->urls[p->n_attempts - 1] = p->url;
         a->endpoint = label;
         p->asis = strcmp(c->sk, "asis") == 0;
 
@@ -335,6 +470,7 @@ static void try_next_candidate(proxy_req_t *p) {
                              ? (c->stream_timeout >= 0 ? c->stream_timeout : cfg->stream_timeout)
                              : (c->timeout >= 0 ? c->timeout : cfg->timeout);
         double idle = c->idle_timeout >= 0 ? c->idle_timeout : cfg->idle_timeout;
+        p->idle_ms = to_ms(idle);
 
         /* upstream_request copies the header lines: the loop's scratch buffer holds them. */
         buf_t *hdrs = &ctx->scratch;
@@ -350,6 +486,7 @@ static void try_next_candidate(proxy_req_t *p) {
             .body = http_request_body(p->http, &o_body_len),
             .body_len = o_body_len,
             .head_request = strcmp(http_request_method(p->http), "HEAD") == 0,
+            .upgrade = p->upgrade,
             .connect_timeout_ms = to_ms(connect),
             .header_timeout_ms = to_ms(headers),
             .idle_timeout_ms = to_ms(idle),
@@ -361,12 +498,14 @@ static void try_next_candidate(proxy_req_t *p) {
         a->error = "out of memory";
         a->failed = 1;
     }
-    /* Every candidate failed: say which and why, by endpoint, never by key. */
+    /* Every candidate failed: say which and why, by upstream id and host, never by key. */
     buf_t msg = {0};
     buf_appends(&msg, "all upstreams failed: ");
-    for (size_t i = 0; i < p->n_attempts; i++)
-        buf_printf(&msg, "%s%s: %s", i ? "; " : "", p->attempts[i].endpoint,
-                   p->attempts[i].error ? p->attempts[i].error : "failed");
+    for (size_t i = 0; i < p->n_attempts; i++) {
+        if (i) buf_appends(&msg, "; ");
+        append_attempt_name(&msg, p, i);
+        buf_printf(&msg, ": %s", p->attempts[i].error ? p->attempts[i].error : "failed");
+    }
     char *text = arena_strndup(http_request_arena(p->http), msg.data ? msg.data : "", msg.len);
     buf_free(&msg);
     if (!text) text = "all upstreams failed";
@@ -388,6 +527,15 @@ static void try_next_candidate(proxy_req_t *p) {
 static void on_client_abort(http_request_t *http) {
     proxy_req_t *p = http_request_handler_data(http);
     if (!p) return;
+    if (p->tunnel) { /* only shutdown closes an upgraded connection from the server's side */
+        tunnel_stats_t st;
+        tunnel_close(p->tunnel, &st);
+        p->tunnel = NULL;
+        st.reason = "closed at shutdown";
+        tunnel_summarize(p, &st);
+        proxy_finish(p, 1);
+        return;
+    }
     p->client_aborted = 1;
     if (p->up) {
         upstream_cancel(p->up);
@@ -413,6 +561,10 @@ static void proxy_finish(proxy_req_t *p, int record) {
     if (p->sent_head && p->n_attempts) {
         res.upstream_id = p->attempts[p->n_attempts - 1].upstream_id;
         res.upstream_endpoint = p->attempts[p->n_attempts - 1].endpoint;
+    }
+    if (p->tunnel_summary) {
+        res.content = p->tunnel_summary;
+        res.content_len = strlen(p->tunnel_summary);
     }
     if (p->ex) {
         extract_finish(p->ex);
@@ -483,10 +635,12 @@ void proxy_handle(http_request_t *http) {
     }
     p->attempts = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->attempts));
     p->url_refs = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->url_refs));
-    if (!p->attempts || !p->url_refs) {
+    p->urls = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->urls));
+    if (!p->attempts || !p->url_refs || !p->urls) {
         respond_error(p, 500, "server_error", "out of memory");
         proxy_finish(p, 1);
         return;
     }
+    p->upgrade = is_websocket_upgrade(http);
     try_next_candidate(p);
 }

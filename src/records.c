@@ -74,7 +74,8 @@ void records_count(store_t *s, const route_res_t *res) {
         if (res->attempts[i].failed && res->attempts[i].upstream_id > 0)
             store_loop_upstream_result(s, res->attempts[i].upstream_id, 0);
     int last_failed = res->n_attempts && res->attempts[res->n_attempts - 1].failed;
-    if (res->upstream_id > 0 && res->status >= 200 && res->status < 400 && !res->client_aborted &&
-        !last_failed)
+    /* 101: a WebSocket session the upstream accepted (it ended however the two sides chose). */
+    int answered = (res->status >= 200 && res->status < 400) || res->status == 101;
+    if (res->upstream_id > 0 && answered && !res->client_aborted && !last_failed)
         store_loop_upstream_result(s, res->upstream_id, 1);
 }

@@ -73,6 +73,7 @@ struct upstream_req {
     enum upstream_phase phase;
     int ops; /* outstanding libuv callbacks that reference this request */
     int finished, paused, retried, got_byte, message_done, informational;
+    int switched; /* a 101 answered opts.upgrade: the connection goes to the caller */
     int deferred_kind, dns_pending;
     const char *deferred_msg;
     upstream_req_t *next_free;
@@ -84,6 +85,8 @@ upstream_conn_t *upstream_conn_take_idle(origin_t *o);
 /* Back to its origin's idle list, or closed when it cannot be reused. */
 void upstream_conn_put(upstream_conn_t *c);
 void upstream_conn_close(upstream_conn_t *c);
+/* After a 101: the stream leaves the pool's hands (the connection object goes away). */
+stream_t *upstream_conn_take_stream(upstream_conn_t *c);
 /* Resolves (once per request) and connects, trying each address; ends in
  * http1_client_connected or http1_client_fail. */
 void upstream_connect_start(upstream_req_t *r);

@@ -50,6 +50,14 @@ void upstream_conn_close(upstream_conn_t *c) {
         uv_close((uv_handle_t *)&c->idle_timer, on_conn_timer_closed);
 }
 
+stream_t *upstream_conn_take_stream(upstream_conn_t *c) {
+    stream_t *s = c->stream;
+    c->stream = NULL;
+    c->req = NULL;
+    upstream_conn_close(c);
+    return s;
+}
+
 static void on_conn_read(stream_t *s, ssize_t nread, const char *data, refbuf_t *ref) {
     upstream_conn_t *c = stream_data(s);
     if (!c->req) {

@@ -72,6 +72,23 @@ void http_response_end(http_request_t *req);
  * connection close without a terminating chunk, so it knows the body is truncated. */
 void http_response_abort(http_request_t *req);
 
+/* Protocol switches (a WebSocket handshake). 1 when the request asked for one: llhttp saw
+ * both "Connection: upgrade" and an Upgrade header. Such a request is never kept alive. */
+int http_request_is_upgrade(const http_request_t *req);
+/* Hands the client connection to the handler: sends "101 Switching Protocols" with Upgrade:
+ * protocol, Connection: Upgrade and `headers` (complete "Name: value\r\n" lines), and returns
+ * the connection's stream, which is the handler's from then on: it must set its own callbacks
+ * (stream_set_data) before returning to the loop and close the stream when done. Bytes the
+ * client sent after the request head are appended to *early. The request stays active (the
+ * connection counts as open and busy; closing every connection at shutdown calls on_abort)
+ * until http_request_upgrade_end. NULL when the client is gone or the 101 could not be
+ * written (the connection then closes, as after any failed write; end the response with
+ * http_response_abort). */
+struct stream *http_request_upgrade(http_request_t *req, const char *protocol, const char *headers,
+                                    size_t headers_len, buf_t *early);
+/* The handler closed the stream it took: the connection goes away. */
+void http_request_upgrade_end(http_request_t *req);
+
 /* A whole response with a JSON body. */
 void http_respond_json(http_request_t *req, int status, const char *json, size_t len);
 /* {"error":{"message":...,"type":...}} */

@@ -51,6 +51,12 @@ typedef struct upstream_callbacks {
     void (*on_body)(void *ud, const char *data, size_t len, refbuf_t *ref);
     void (*on_done)(void *ud);
     void (*on_error)(void *ud, int kind, const char *message);
+    /* A 101 to a request with opts.upgrade: the request ends here (no other callback) and the
+     * connection's stream is the caller's, reading: set its callbacks (stream_set_data) before
+     * returning, and close it when done. early: bytes the upstream sent after the 101 head (in
+     * ref). headers as in on_head, valid during the call. */
+    void (*on_upgrade)(void *ud, const route_header_t *headers, size_t n_headers,
+                       struct stream *stream, const char *early, size_t early_len, refbuf_t *ref);
 } upstream_callbacks_t;
 
 typedef struct upstream_request_opts {
@@ -62,6 +68,7 @@ typedef struct upstream_request_opts {
     const char *body; /* stays valid until on_done/on_error/cancel */
     size_t body_len;
     int head_request; /* HEAD: the response has no body */
+    int upgrade;      /* headers ask to switch protocols: a 101 ends in on_upgrade */
     uint64_t connect_timeout_ms, header_timeout_ms, idle_timeout_ms;
 } upstream_request_opts_t;
 

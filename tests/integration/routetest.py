@@ -188,6 +188,17 @@ def assert_error_shape(reply, status=None, where=""):
     return j["error"]["message"]
 
 
+def upstream_label(endpoint, upstream_id=None):
+    """How error messages name an attempt (SPEC "Details": by upstream id and host, never by
+    key or path): "upstream 3 (127.0.0.1:8080)", or "(127.0.0.1:8080)" without an id."""
+    scheme, _, rest = endpoint.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0]
+    if ":" not in host.rsplit("]", 1)[-1]:
+        host += ":443" if scheme == "https" else ":80"
+    label = "(%s)" % host
+    return label if upstream_id is None else "upstream %d %s" % (upstream_id, label)
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 

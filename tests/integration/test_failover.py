@@ -16,7 +16,7 @@ import time
 import pytest
 
 from mock_upstream import ChatStream, Echo, Hang, Json, Raw, Status
-from routetest import assert_error_shape, closed_port, wait_until
+from routetest import assert_error_shape, closed_port, upstream_label, wait_until
 
 CHAT = "/v1/chat/completions"
 SK_BAD, SK_GOOD, SK_THIRD = "sk-bad-secret-1111", "sk-good-secret-2222", "sk-third-secret-3333"
@@ -278,11 +278,15 @@ def test_all_failed_502_names_every_endpoint_and_reason(proxy_factory, mock_fact
     assert msg.startswith("all upstreams failed: "), msg
     parts = msg[len("all upstreams failed: "):].split("; ")
     assert len(parts) == 3, msg
-    assert parts[0].startswith(a.endpoint() + ": ") and "status 500" in parts[0], msg
-    assert parts[1].startswith(refused + ": ") and "refused" in parts[1], msg
-    assert parts[2].startswith(c.endpoint() + ": ") and "status 503" in parts[2], msg
+    # Each attempt by upstream id and host (SPEC "Details"), never by key or path.
+    ids = [u["id"] for u in p.upstream_rows()]
+    assert parts[0] == upstream_label(a.endpoint(), ids[0]) + ": status 500", msg
+    assert parts[1].startswith(upstream_label(refused, ids[1]) + ": "), msg
+    assert "refused" in parts[1], msg
+    assert parts[2] == upstream_label(c.endpoint(), ids[2]) + ": status 503", msg
     for sk in (SK_BAD, SK_GOOD, SK_THIRD):
         assert sk not in msg
+    assert "/v1" not in msg and "http://" not in msg, msg
     rec = last_record(p)
     assert rec["status"] == 502 and rec["error"] == msg, rec
     att = attempts_of(p, rec["id"])
@@ -299,7 +303,8 @@ def test_all_failed_endpoint_label_has_no_query(proxy_factory, mock_factory, scr
     ep = a.endpoint() + "?api-key=secret-in-query"
     p = start(proxy_factory, scripts, [(SK_BAD, ep)])
     msg = assert_error_shape(post(p, body_bytes()), 502)
-    assert "secret-in-query" not in msg and a.endpoint() + ": status 502" in msg, msg
+    assert "secret-in-query" not in msg, msg
+    assert upstream_label(a.endpoint()) + ": status 502" in msg, msg
 
 
 # --------------------------------------------------------------------------- the default policy

@@ -14,6 +14,7 @@ import pytest
 from conftest import UPSTREAM_SK
 from mock_upstream import (ChatCompletion, ChatStream, Chunked, CloseDelimited, Echo, Json,
                            Raw, Status)
+import routetest
 from routetest import (CORS_EXPECTED, GO_TIME_RE, RECORD_ADDED_COLUMNS, UUID_RE, TOKEN,
                        FramingError,
                        assert_cors, assert_error_shape, closed_port, db_query,
@@ -450,7 +451,9 @@ def test_upstream_connection_refused_502(proxy_factory):
     p = proxy_factory(upstreams=[(sk, endpoint)])
     r = p.request("POST", CHAT, chat_body(), timeout=20)
     msg = assert_error_shape(r, 502)
-    assert endpoint in msg, "the 502 must name the endpoint %s: %r" % (endpoint, msg)
+    # By upstream id and host (SPEC "Details"), never by key or path.
+    label = routetest.upstream_label(endpoint, 1)
+    assert label in msg and "/v1" not in msg, "the 502 must name %s: %r" % (label, msg)
     assert sk not in r.body.decode("utf-8", "replace")
     assert sk not in p.stderr_text() and sk not in p.stdout_text(), "the sk reached the logs"
     # The proxy keeps serving.

@@ -23,7 +23,7 @@ def sdk_dir():
     npm = shutil.which("npm")
     if not node or not npm:
         pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
-    if not (SDK_DIR / "node_modules" / "openai").is_dir():
+    if not all((SDK_DIR / "node_modules" / pkg).is_dir() for pkg in ("openai", "ws")):
         # npm ci installs exactly the lockfile's versions.
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
                        timeout=300, stdout=subprocess.DEVNULL)
