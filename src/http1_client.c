@@ -311,7 +311,8 @@ upstream_req_t *upstream_request(upstream_pool_t *pool, const upstream_request_o
      * It becomes 1 (the timer handle, released when it closes) on the way out. */
     r->ops = -1000;
     if (bad) {
-        http1_client_fail_later(r, UPSTREAM_ERR_CONNECT, "out of memory");
+        http1_client_fail_later(r, UPSTREAM_ERR_CONNECT,
+                                r->origin ? "out of memory" : "too many upstream origins in use");
     } else if ((r->conn = upstream_conn_take_idle(r->origin))) {
         r->conn->req = r;
         http1_client_connected(r);

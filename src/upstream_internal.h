@@ -18,13 +18,15 @@ typedef struct origin {
     tls_resume_t *resume;  /* the last TLS session, offered by the next connection */
     upstream_conn_t *idle; /* most recently used first */
     size_t n_idle;
+    size_t users; /* requests and connections pointing here: freed only at 0 */
     struct origin *next;
 } origin_t;
 
 struct upstream_pool {
     route_ctx_t *ctx;
     stream_env_t *env;
-    origin_t *origins;
+    origin_t *origins; /* most recently used first */
+    size_t n_origins;
     llhttp_settings_t settings;
     size_t n_idle;
     upstream_req_t *free_reqs; /* recycled request objects, up to a ceiling */
@@ -80,7 +82,10 @@ struct upstream_req {
 };
 
 /* upstream_pool.c */
+/* The origin of url, with one more user (dropped by upstream_origin_release); NULL when out
+ * of memory or when POOL_MAX_ORIGINS origins are in use. */
 origin_t *upstream_origin_get(upstream_pool_t *pool, const upstream_url_t *url);
+void upstream_origin_release(origin_t *o);
 upstream_conn_t *upstream_conn_take_idle(origin_t *o);
 /* Back to its origin's idle list, or closed when it cannot be reused. */
 void upstream_conn_put(upstream_conn_t *c);

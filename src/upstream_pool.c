@@ -14,6 +14,12 @@
 
 #define POOL_IDLE_MS             (60 * 1000)
 #define POOL_MAX_IDLE_PER_ORIGIN 64
+/* Idle connections of the whole pool: many origins (scripts posting webhooks anywhere, an
+ * operator's many endpoints) must not each keep 64 sockets open. */
+#define POOL_MAX_IDLE 1024
+/* Origins known at once. One without users is forgotten when a new one would pass this (its
+ * saved TLS session goes with it), so endpoints that come and go cannot grow the list. */
+#define POOL_MAX_ORIGINS 256
 #define FREE_REQS_MAX            256
 
 static void try_next_address(upstream_req_t *r, const char *last_error);
@@ -21,7 +27,9 @@ static void try_next_address(upstream_req_t *r, const char *last_error);
 /* ---------------------------------------------------------------- connections */
 
 static void on_conn_timer_closed(uv_handle_t *h) {
-    free(h->data);
+    upstream_conn_t *c = h->data;
+    upstream_origin_release(c->origin);
+    free(c);
 }
 
 static void pool_remove(upstream_conn_t *c) {
@@ -114,7 +122,8 @@ static void on_pool_idle_timeout(uv_timer_t *t) {
 void upstream_conn_put(upstream_conn_t *c) {
     origin_t *o = c->origin;
     c->req = NULL;
-    if (c->closing || o->n_idle >= POOL_MAX_IDLE_PER_ORIGIN || c->pool->ctx->shutting_down) {
+    if (c->closing || o->n_idle >= POOL_MAX_IDLE_PER_ORIGIN || c->pool->n_idle >= POOL_MAX_IDLE ||
+        c->pool->ctx->shutting_down) {
         upstream_conn_close(c);
         return;
     }
@@ -177,6 +186,7 @@ static void try_next_address(upstream_req_t *r, const char *last_error) {
     }
     c->pool = pool;
     c->origin = r->origin;
+    c->origin->users++;
     uv_timer_init(pool->ctx->loop, &c->idle_timer);
     c->idle_timer.data = c;
     r->conn = c;
@@ -233,10 +243,41 @@ void upstream_connect_start(upstream_req_t *r) {
 
 /* ---------------------------------------------------------------- origins and requests */
 
+static void origin_free(origin_t *o) {
+    tls_resume_free(o->resume);
+    free(o->host);
+    free(o);
+}
+
+/* Forgets origins nobody uses (no request, no connection, idle ones included). */
+static void origins_sweep(upstream_pool_t *pool) {
+    for (origin_t **pp = &pool->origins, *o; (o = *pp);) {
+        if (o->users == 0) {
+            *pp = o->next;
+            origin_free(o);
+            pool->n_origins--;
+        } else {
+            pp = &o->next;
+        }
+    }
+}
+
 origin_t *upstream_origin_get(upstream_pool_t *pool, const upstream_url_t *url) {
-    /* Compared field by field, no key text built: this runs for every request. */
-    for (origin_t *o = pool->origins; o; o = o->next)
-        if (o->port == url->port && o->tls == url->tls && strcmp(o->host, url->host) == 0) return o;
+    /* Compared field by field, no key text built: this runs for every request. The one found
+     * moves to the front, so the busy origins are found first. */
+    for (origin_t **pp = &pool->origins, *o; (o = *pp); pp = &o->next) {
+        if (o->port == url->port && o->tls == url->tls && strcmp(o->host, url->host) == 0) {
+            if (pp != &pool->origins) {
+                *pp = o->next;
+                o->next = pool->origins;
+                pool->origins = o;
+            }
+            o->users++;
+            return o;
+        }
+    }
+    if (pool->n_origins >= POOL_MAX_ORIGINS) origins_sweep(pool);
+    if (pool->n_origins >= POOL_MAX_ORIGINS) return NULL;
     origin_t *o = calloc(1, sizeof(*o));
     if (!o || !(o->host = strdup(url->host))) {
         free(o);
@@ -244,9 +285,15 @@ origin_t *upstream_origin_get(upstream_pool_t *pool, const upstream_url_t *url) 
     }
     o->tls = url->tls;
     o->port = url->port;
+    o->users = 1;
     o->next = pool->origins;
     pool->origins = o;
+    pool->n_origins++;
     return o;
+}
+
+void upstream_origin_release(origin_t *o) {
+    if (o && o->users) o->users--;
 }
 
 upstream_req_t *upstream_req_alloc(upstream_pool_t *pool) {
@@ -276,6 +323,8 @@ void upstream_req_recycle(upstream_pool_t *pool, upstream_req_t *r) {
     if (!r->finished || r->ops > 0) return;
     if (r->addrs) uv_freeaddrinfo(r->addrs);
     r->addrs = NULL;
+    upstream_origin_release(r->origin);
+    r->origin = NULL;
     arena_free(&r->arena);
     if (pool->n_free_reqs < FREE_REQS_MAX && !pool->ctx->shutting_down) {
         r->next_free = pool->free_reqs;
@@ -316,9 +365,7 @@ void upstream_pool_free(upstream_pool_t *pool) {
     origin_t *o = pool->origins;
     while (o) {
         origin_t *next = o->next;
-        tls_resume_free(o->resume);
-        free(o->host);
-        free(o);
+        origin_free(o);
         o = next;
     }
     while (pool->free_reqs) {

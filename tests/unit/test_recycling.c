@@ -14,6 +14,7 @@
 #include "route/stream.h"
 #include "route/upstream.h"
 #include "route/util.h"
+#include "../../src/upstream_internal.h"
 #include "testlib.h"
 
 static void test_arena_pool(void) {
@@ -199,6 +200,53 @@ static void test_url_cache(void) {
     free(ctx);
 }
 
+/* Origins are bounded: one nobody uses is forgotten when a new one would pass the bound, and
+ * past it with every origin in use a request gets no origin (a clear error, not growth). */
+static void test_origin_bound(void) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    route_ctx_t *ctx = calloc(1, sizeof(*ctx));
+    ctx->loop = &loop;
+    upstream_pool_t *pool = upstream_pool_new(ctx);
+    CHECK(pool != NULL);
+    arena_t arena;
+    arena_init(&arena);
+    origin_t *held[600];
+    size_t n_held = 0;
+    for (int i = 0; i < 600; i++) {
+        char e[64];
+        snprintf(e, sizeof e, "http://h%d:81/v1", i);
+        upstream_url_t url;
+        const char *why = NULL;
+        CHECK(upstream_parse_url(&arena, e, &url, &why) == 0);
+        origin_t *o = upstream_origin_get(pool, &url);
+        CHECK(pool->n_origins <= 256);
+        if (i < 300) {
+            CHECK(o != NULL);
+            upstream_origin_release(o); /* unused at once: can be forgotten */
+            continue;
+        }
+        /* From here on, hold them: the bound then refuses new ones. */
+        if (o) {
+            held[n_held++] = o;
+        } else {
+            CHECK(n_held == 256);
+            break;
+        }
+    }
+    CHECK(n_held == 256 && pool->n_origins == 256);
+    upstream_origin_release(held[0]);
+    upstream_url_t url;
+    const char *why = NULL;
+    CHECK(upstream_parse_url(&arena, "http://fresh:81/v1", &url, &why) == 0);
+    CHECK(upstream_origin_get(pool, &url) != NULL && pool->n_origins == 256);
+    upstream_pool_free(pool);
+    arena_free(&arena);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    free(ctx);
+}
+
 typedef struct {
     uv_timer_t timer;
     uint64_t deadline;
@@ -262,6 +310,7 @@ int main(void) {
     test_record_inline();
     test_extract_pool();
     test_url_cache();
+    test_origin_bound();
     test_deadline();
     return TEST_DONE();
 }
