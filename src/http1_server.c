@@ -348,7 +348,13 @@ int http_response_write(http_request_t *req, const char *data, size_t len, refbu
     }
     bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
     if (req->response_chunked) bufs[n++] = uv_buf_init((char *)"\r\n", 2);
-    return conn_send(c, bufs, n, ref);
+    int rc = conn_send(c, bufs, n, ref);
+    if (rc == 0) req->body_bytes_sent += len;
+    return rc;
+}
+
+uint64_t http_response_bytes_sent(const http_request_t *req) {
+    return req->body_bytes_sent;
 }
 
 size_t http_response_pending(const http_request_t *req) {

@@ -54,6 +54,7 @@ struct http_request {
 
     int response_started, response_done, response_chunked, response_close;
     int status;
+    uint64_t body_bytes_sent;
 
     void *handler_data;
     http_request_cb on_abort;

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "route/hooks.h"
+#include "route/metrics.h"
 #include "route/store.h"
 
 /* Editors save as write-temp, rename-over, chmod: one reload for the lot. */
@@ -105,6 +106,7 @@ int reloader_reload(reloader_t *r, const char *trigger, char **err) {
     char *msg = NULL;
     int rc = hooks_reload(r->ctx->hooks, &msg);
     snprintf(r->last_trigger, sizeof(r->last_trigger), "%s", trigger);
+    metrics_observe_reload(r->ctx->metrics, rc == 0);
     if (rc == 0) {
         r->reloads++;
         r->loaded_at = util_now_wall_ns();

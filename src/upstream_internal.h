@@ -69,6 +69,7 @@ struct upstream_req {
     int ops; /* outstanding libuv callbacks that reference this request */
     int finished, paused, retried, got_byte, message_done, informational;
     int deferred_kind, dns_pending;
+    int64_t connect_start_ns; /* a new connection is being set up since (0: none) */
     const char *deferred_msg;
     upstream_req_t *next_free;
 };

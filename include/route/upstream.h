@@ -63,6 +63,7 @@ typedef struct upstream_request_opts {
     size_t body_len;
     int head_request; /* HEAD: the response has no body */
     uint64_t connect_timeout_ms, header_timeout_ms, idle_timeout_ms;
+    int64_t *connect_ns; /* may be NULL: receives the set-up time of a new connection */
 } upstream_request_opts_t;
 
 typedef struct upstream_req upstream_req_t;
