@@ -203,7 +203,8 @@ static uint32_t upstream_index(metrics_t *m, int64_t id) {
 }
 
 /* A model name as a label: at most MODEL_LABEL_MAX bytes of valid UTF-8 (a byte that is not
- * becomes '?'; control characters too), so the exposition stays valid text. */
+ * becomes '?'; so do control characters but newline, which the exposition escapes, and tab),
+ * so the exposition stays valid text. */
 static size_t clean_label(const char *s, char *out, size_t cap) {
     size_t n = 0;
     const unsigned char *p = (const unsigned char *)s;
@@ -211,7 +212,7 @@ static size_t clean_label(const char *s, char *out, size_t cap) {
         size_t len = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
                                  : (*p & 0xf8) == 0xf0   ? 4
                                                          : 0;
-        int ok = len > 0 && (len > 1 || *p >= 0x20) && *p != 0x7f;
+        int ok = len > 0 && (len > 1 || *p >= 0x20 || *p == '\n' || *p == '\t') && *p != 0x7f;
         for (size_t k = 1; ok && k < len; k++)
             ok = (p[k] & 0xc0) == 0x80;
         if (!ok) {
