@@ -41,8 +41,8 @@ struct access_log {
     buf_t pending; /* complete lines; guarded by mu */
     int stop;      /* guarded by mu */
     uint64_t dropped;
-    buf_t line;              /* loop thread: the line being formatted */
-    log_limiter_t drop_log;  /* loop thread */
+    buf_t line;             /* loop thread: the line being formatted */
+    log_limiter_t drop_log; /* loop thread */
 };
 
 /* ---------------------------------------------------------------- formatting */

@@ -139,8 +139,8 @@ int main(int argc, char **argv) {
     ctx->store = store;
     ctx->config = config_state_new();
     ctx->metrics = metrics_new();
-    ctx->access_log = access_log_new(
-        2, strcmp(opts.log_format, "json") == 0 ? ACCESS_LOG_JSON : ACCESS_LOG_TEXT);
+    ctx->access_log =
+        access_log_new(2, strcmp(opts.log_format, "json") == 0 ? ACCESS_LOG_JSON : ACCESS_LOG_TEXT);
     if (!ctx->access_log) route_log(LOG_WARN, "access log: cannot start its thread; no access log");
     ctx->pool = upstream_pool_new(ctx);
     router_t *router = NULL;

@@ -23,20 +23,19 @@
 
 /* The operational latency histograms. */
 static const double LATENCY_BUCKETS[] = {.005, .01, .025, .05, .1, .25, .5,
-                                         1,    2.5, 5,    10,  30,  60, 120};
+                                         1,    2.5, 5,    10,  30, 60,  120};
 /* The GenAI buckets are the explicit bucket boundaries the OpenTelemetry semantic conventions
  * give (open-telemetry/semantic-conventions, docs/gen-ai/gen-ai-metrics.md: "This metric
  * SHOULD be specified with ExplicitBucketBoundaries of [...]"), for gen_ai.client.token.usage,
  * gen_ai.server.request.duration, gen_ai.server.time_to_first_token and
  * gen_ai.server.time_per_output_token. */
-static const double TOKEN_BUCKETS[] = {1,       4,       16,       64,       256,
-                                       1024,    4096,    16384,    65536,    262144,
-                                       1048576, 4194304, 16777216, 67108864};
+static const double TOKEN_BUCKETS[] = {1,     4,     16,     64,      256,     1024,     4096,
+                                       16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
 static const double GENAI_DURATION_BUCKETS[] = {0.01, 0.02, 0.04, 0.08,  0.16,  0.32,  0.64,
                                                 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
 static const double TTFT_BUCKETS[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
-static const double TPOT_BUCKETS[] = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
+static const double TPOT_BUCKETS[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
                                       0.3,  0.4,   0.5,  0.75,  1.0, 2.5};
 #define NB(a) (sizeof(a) / sizeof(a[0]))
 
@@ -145,7 +144,7 @@ static void histogram_observe(uint64_t *v, const bucket_set_t *b, double x) {
 /* Outcomes of upstream attempts. */
 static const char *const OUTCOMES[] = {"success", "client_error", "aborted", "status", "timeout",
                                        "connect", "tls",          "dns",     "other"};
-#define N_OUTCOMES   (sizeof(OUTCOMES) / sizeof(OUTCOMES[0]))
+#define N_OUTCOMES    (sizeof(OUTCOMES) / sizeof(OUTCOMES[0]))
 #define OUTCOME_OTHER (N_OUTCOMES - 1)
 
 /* gen_ai.operation.name by request path; the last is "no GenAI operation". */
@@ -168,8 +167,17 @@ typedef struct model_label {
     char *name;
 } model_label_t;
 
-enum { F_REQUESTS, F_ATTEMPTS, F_TOKENS, F_CONNECT, F_GENAI_TOKENS, F_GENAI_DURATION, F_GENAI_TTFT,
-       F_GENAI_TPOT, N_TABLES };
+enum {
+    F_REQUESTS,
+    F_ATTEMPTS,
+    F_TOKENS,
+    F_CONNECT,
+    F_GENAI_TOKENS,
+    F_GENAI_DURATION,
+    F_GENAI_TTFT,
+    F_GENAI_TPOT,
+    N_TABLES
+};
 
 struct metrics {
     int64_t upstream_ids[METRICS_MAX_UPSTREAMS];
@@ -209,9 +217,11 @@ static size_t clean_label(const char *s, char *out, size_t cap) {
     size_t n = 0;
     const unsigned char *p = (const unsigned char *)s;
     while (*p && n + 4 < cap) {
-        size_t len = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
-                                 : (*p & 0xf8) == 0xf0   ? 4
-                                                         : 0;
+        size_t len = *p < 0x80             ? 1
+                     : (*p & 0xe0) == 0xc0 ? 2
+                     : (*p & 0xf0) == 0xe0 ? 3
+                     : (*p & 0xf8) == 0xf0 ? 4
+                                           : 0;
         int ok = len > 0 && (len > 1 || *p >= 0x20 || *p == '\n' || *p == '\t') && *p != 0x7f;
         for (size_t k = 1; ok && k < len; k++)
             ok = (p[k] & 0xc0) == 0x80;
@@ -275,7 +285,7 @@ static int operation_index(const char *path) {
 #define KEY_STATUS(k) ((k) >> 22)
 #define KEY_U(k)      (((k) >> 15) & 0x7f)
 #define KEY_MODEL(k)  (((k) >> 8) & 0x7f)
-#define KEY_SMALL(k)  ((k) & 0xff)
+#define KEY_SMALL(k)  ((k)&0xff)
 
 static const bucket_set_t latency = {LATENCY_BUCKETS, NB(LATENCY_BUCKETS)};
 static const bucket_set_t tokens = {TOKEN_BUCKETS, NB(TOKEN_BUCKETS)};
@@ -610,9 +620,9 @@ int metrics_render(const metrics_t *m, buf_t *out) {
                         nonneg(g->open_connections));
     rc |= append_scalar(out, "openai_route_active_requests", "gauge", "Requests being handled now.",
                         nonneg(g->active_requests));
-    rc |= append_scalar(out, "openai_route_active_streams", "gauge",
-                        "text/event-stream responses being relayed now.",
-                        nonneg(m->active_streams));
+    rc |=
+        append_scalar(out, "openai_route_active_streams", "gauge",
+                      "text/event-stream responses being relayed now.", nonneg(m->active_streams));
     rc |= append_scalar(out, "openai_route_records_queue_depth", "gauge",
                         "Records queued for the database writer.", g->records_queue_depth);
     rc |= append_scalar(out, "openai_route_records_dropped_total", "counter",
