@@ -492,19 +492,26 @@ static void route_records(http_request_t *req) {
     queue_job(req, job);
 }
 
+static void on_reloaded(void *data, int ok, const char *err) {
+    http_request_t *req = data;
+    if (http_request_client_connected(req)) {
+        if (ok)
+            respond_message(req, "success");
+        else
+            http_respond_error(req, 400, "script_error", err ? err : "reload failed");
+    }
+    http_request_release(req);
+}
+
 static void route_reload(http_request_t *req) {
     if (!method_is(req, "POST")) {
         respond_method_not_allowed(req, "POST");
         return;
     }
-    /* On the loop thread: the Lua state belongs to it. Requests in flight keep the hooks they
-     * started with (hooks.c's concern). */
-    char *err = NULL;
-    if (reloader_reload(http_request_ctx(req)->reloader, "admin", &err) == 0)
-        respond_message(req, "success");
-    else
-        http_respond_error(req, 400, "script_error", err ? err : "reload failed");
-    free(err);
+    /* The folder is read off the loop, then loaded on it (the Lua state belongs to it); the
+     * answer waits for that. Requests in flight keep the hooks they started with. */
+    http_request_retain(req);
+    reloader_request(http_request_ctx(req)->reloader, "admin", on_reloaded, req);
 }
 
 static void route_scripts(http_request_t *req) {

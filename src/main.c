@@ -93,7 +93,7 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
 
 static void on_sighup(uv_signal_t *s, int signum) {
     process_t *pr = s->data;
-    reloader_reload(pr->ctx.reloader, "SIGHUP", NULL);
+    reloader_request(pr->ctx.reloader, "SIGHUP", NULL, NULL);
 }
 
 int main(int argc, char **argv) {

@@ -1,14 +1,14 @@
 /* reload.c: the scripts folder watch and the bookkeeping of reloads.
  *
  * Owns: the uv_fs_event watch on the folder (any *.lua created, written or renamed over),
- * the debounce timer, the reload count and last error, and the fingerprints (size, mtime,
- * SHA-256) of the files that were loaded, for GET /admin/scripts.
- * Must not: load Lua itself (hooks.c does, and keeps the running hooks when a load fails). */
+ * the debounce timer, reading the folder on a work thread (a script_snapshot_t) and handing
+ * it to the hooks on the loop, the bounded list of callers waiting for a reload's result, the
+ * reload count and last error, and GET /admin/scripts' view of the loaded files.
+ * Must not: load Lua itself (hooks_load.c does, and keeps the running hooks when a load
+ * fails), or read a file on the loop thread. */
 #include "route/reload.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <mbedtls/sha256.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,30 +16,44 @@
 
 #include "route/hooks.h"
 #include "route/metrics.h"
+#include "route/script_snapshot.h"
 #include "route/store.h"
 
 /* Editors save as write-temp, rename-over, chmod: one reload for the lot. */
 #define DEBOUNCE_MS 150
+/* Callers (admin requests, signals) waiting on one reload; past this they are answered at
+ * once with an error rather than queued without bound. */
+#define WAITERS_MAX 64
 
-typedef struct script_file {
-    char name[256];
-    int64_t size;
-    int64_t mtime_ns;
-    char sha256[65];
-} script_file_t;
+typedef struct reload_waiter {
+    reload_done_cb cb;
+    void *data;
+} reload_waiter_t;
+
+typedef struct reload_batch {
+    reload_waiter_t w[WAITERS_MAX];
+    size_t n;
+    char trigger[32];
+} reload_batch_t;
 
 struct reloader {
     route_ctx_t *ctx;
     char *dir;
     uv_fs_event_t watch;
     uv_timer_t debounce;
+    uv_work_t work;
     int watching;
+    int reading;             /* a work request is reading the folder */
+    int again;               /* asked while reading: read once more after */
+    script_snapshot_t *read; /* the work thread's result */
+    char *read_err;
+    reload_batch_t current, next;
     int64_t loaded_at;
     char last_trigger[32];
     char *last_error;
     unsigned reloads;
-    script_file_t *files;
-    size_t n_files;
+    unsigned long waiters_refused;
+    log_limiter_t refused_log;
 };
 
 static int ends_with_lua(const char *name) {
@@ -47,64 +61,30 @@ static int ends_with_lua(const char *name) {
     return n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
 
-static void hash_file(const char *path, char out[65]) {
-    out[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    mbedtls_sha256_context sha;
-    mbedtls_sha256_init(&sha);
-    unsigned char buf[8192], digest[32];
-    size_t n;
-    int ok = mbedtls_sha256_starts_ret(&sha, 0) == 0;
-    while (ok && (n = fread(buf, 1, sizeof(buf), f)) > 0)
-        ok = mbedtls_sha256_update_ret(&sha, buf, n) == 0;
-    ok = ok && !ferror(f) && mbedtls_sha256_finish_ret(&sha, digest) == 0;
-    fclose(f);
-    mbedtls_sha256_free(&sha);
-    if (!ok) return;
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+static void read_folder(uv_work_t *w) {
+    reloader_t *r = w->data;
+    r->read = script_snapshot_read(r->dir, &r->read_err);
 }
 
-static int by_name(const void *a, const void *b) {
-    return strcmp(((const script_file_t *)a)->name, ((const script_file_t *)b)->name);
-}
+static void start_read(reloader_t *r);
 
-/* Fingerprints the folder's scripts as they were just loaded. The files are small and this
- * runs only at start-up and on a reload, which reads them anyway. */
-static void fingerprint(reloader_t *r) {
-    free(r->files);
-    r->files = NULL;
-    r->n_files = 0;
-    DIR *d = r->dir ? opendir(r->dir) : NULL;
-    if (!d) return;
-    size_t cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!ends_with_lua(e->d_name) || strlen(e->d_name) >= sizeof(r->files->name)) continue;
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/%s", r->dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        if (r->n_files == cap) {
-            cap = cap ? cap * 2 : 8;
-            script_file_t *grown = realloc(r->files, cap * sizeof(*grown));
-            if (!grown) break;
-            r->files = grown;
-        }
-        script_file_t *f = &r->files[r->n_files++];
-        snprintf(f->name, sizeof(f->name), "%s", e->d_name);
-        f->size = st.st_size;
-        f->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-        hash_file(path, f->sha256);
-    }
-    closedir(d);
-    if (r->n_files) qsort(r->files, r->n_files, sizeof(*r->files), by_name);
-}
-
-int reloader_reload(reloader_t *r, const char *trigger, char **err) {
+/* On the loop: load what the work thread read, then tell everyone who waited for it. */
+static void after_read(uv_work_t *w, int status) {
+    reloader_t *r = w->data;
+    r->reading = 0;
     char *msg = NULL;
-    int rc = hooks_reload(r->ctx->hooks, &msg);
+    int rc = -1;
+    if (status != 0) {
+        msg = strdup(uv_strerror(status));
+        script_snapshot_free(r->read);
+    } else if (!r->read) {
+        msg = r->read_err;
+    } else {
+        rc = hooks_reload_snapshot(r->ctx->hooks, r->read, &msg);
+    }
+    r->read = NULL;
+    r->read_err = NULL;
+    const char *trigger = r->current.trigger;
     snprintf(r->last_trigger, sizeof(r->last_trigger), "%s", trigger);
     metrics_observe_reload(r->ctx->metrics, rc == 0);
     if (rc == 0) {
@@ -112,26 +92,69 @@ int reloader_reload(reloader_t *r, const char *trigger, char **err) {
         r->loaded_at = util_now_wall_ns();
         free(r->last_error);
         r->last_error = NULL;
-        fingerprint(r);
         route_log(LOG_INFO, "%s: scripts reloaded", trigger);
-        if (err) *err = NULL;
-        free(msg);
-        return 0;
+    } else {
+        route_log(LOG_ERROR, "%s: reload failed, the running scripts stay: %s", trigger,
+                  msg ? msg : "unknown error");
+        free(r->last_error);
+        r->last_error = msg ? strdup(msg) : NULL;
     }
-    route_log(LOG_ERROR, "%s: reload failed, the running scripts stay: %s", trigger,
-              msg ? msg : "unknown error");
-    free(r->last_error);
-    r->last_error = msg ? strdup(msg) : NULL;
-    if (err)
-        *err = msg;
+    reload_batch_t done = r->current;
+    r->current.n = 0;
+    if (r->again) {
+        r->again = 0;
+        r->current = r->next;
+        r->next.n = 0;
+        start_read(r);
+    }
+    for (size_t i = 0; i < done.n; i++)
+        done.w[i].cb(done.w[i].data, rc == 0, rc == 0 ? NULL : msg ? msg : "reload failed");
+    free(msg);
+}
+
+static void start_read(reloader_t *r) {
+    /* At shutdown the handles close: no new work then. */
+    if (uv_is_closing((uv_handle_t *)&r->debounce)) {
+        for (size_t i = 0; i < r->current.n; i++)
+            r->current.w[i].cb(r->current.w[i].data, 0, "shutting down");
+        r->current.n = 0;
+        return;
+    }
+    r->work.data = r;
+    int rc = uv_queue_work(r->ctx->loop, &r->work, read_folder, after_read);
+    if (rc == 0) {
+        r->reading = 1;
+        return;
+    }
+    route_log(LOG_ERROR, "%s: reload failed: %s", r->current.trigger, uv_strerror(rc));
+    for (size_t i = 0; i < r->current.n; i++)
+        r->current.w[i].cb(r->current.w[i].data, 0, uv_strerror(rc));
+    r->current.n = 0;
+}
+
+void reloader_request(reloader_t *r, const char *trigger, reload_done_cb cb, void *data) {
+    /* While a read runs, the files may change after it began: this caller gets the result of
+     * a read that starts after it asked. */
+    reload_batch_t *b = r->reading ? &r->next : &r->current;
+    if (cb && b->n == WAITERS_MAX) {
+        r->waiters_refused++;
+        route_log_limited(&r->refused_log, LOG_WARN,
+                          "reload: %d callers already wait for a reload, %lu refused so far",
+                          WAITERS_MAX, r->waiters_refused);
+        cb(data, 0, "too many reloads waiting; try again");
+        return;
+    }
+    if (cb) b->w[b->n++] = (reload_waiter_t){cb, data};
+    snprintf(b->trigger, sizeof b->trigger, "%s", trigger);
+    if (r->reading)
+        r->again = 1;
     else
-        free(msg);
-    return -1;
+        start_read(r);
 }
 
 static void on_debounced(uv_timer_t *t) {
     reloader_t *r = t->data;
-    reloader_reload(r, "file change", NULL);
+    reloader_request(r, "file change", NULL, NULL);
 }
 
 static void on_folder_event(uv_fs_event_t *w, const char *filename, int events, int status) {
@@ -152,7 +175,6 @@ reloader_t *reloader_new(route_ctx_t *ctx, const char *scripts_dir) {
     r->dir = scripts_dir && *scripts_dir ? strdup(scripts_dir) : NULL;
     r->loaded_at = util_now_wall_ns();
     snprintf(r->last_trigger, sizeof(r->last_trigger), "start-up");
-    fingerprint(r);
     uv_timer_init(ctx->loop, &r->debounce);
     r->debounce.data = r;
     struct stat st;
@@ -172,7 +194,6 @@ void reloader_free(reloader_t *r) {
     if (!r) return;
     free(r->dir);
     free(r->last_error);
-    free(r->files);
     free(r);
 }
 
@@ -193,13 +214,13 @@ void reloader_status_json(const reloader_t *r, buf_t *out) {
     else
         buf_appends(out, "null");
     buf_appends(out, ",\"files\":[");
-    for (size_t i = 0; i < r->n_files; i++) {
-        const script_file_t *f = &r->files[i];
+    const script_snapshot_t *snap = hooks_loaded_snapshot(r->ctx->hooks);
+    for (size_t i = 0; snap && i < snap->n_files; i++) {
+        const script_file_t *f = &snap->files[i];
         util_format_json_time(t, sizeof(t), f->mtime_ns);
         buf_appends(out, i ? ",{\"name\":" : "{\"name\":");
         buf_append_json_string(out, f->name, strlen(f->name));
-        buf_printf(out, ",\"size\":%lld,\"mtime\":\"%s\",\"sha256\":\"%s\"}", (long long)f->size, t,
-                   f->sha256);
+        buf_printf(out, ",\"size\":%zu,\"mtime\":\"%s\",\"sha256\":\"%s\"}", f->len, t, f->sha256);
     }
     buf_appends(out, "]}");
 }

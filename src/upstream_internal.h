@@ -30,6 +30,11 @@ struct upstream_pool {
     upstream_req_t *free_reqs; /* recycled request objects, up to a ceiling */
     size_t n_free_reqs;
     log_limiter_t webhook_log; /* a failing webhook fails once per failed request */
+    /* Webhooks in flight and the bytes they hold: a script posting on every failure while
+     * the webhook host hangs would otherwise pile them up without bound. */
+    size_t webhooks_in_flight, webhook_bytes;
+    uint64_t webhooks_refused;
+    log_limiter_t webhook_refused_log;
 };
 
 struct upstream_conn {

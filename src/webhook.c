@@ -1,7 +1,9 @@
 /* webhook.c: fire-and-forget POSTs (Lua's route.webhook and friends).
  *
  * Owns: turning a URL and a body into one upstream request with its own copies, a label for
- * the logs that never shows the path's token or the query, and logging the outcome.
+ * the logs that never shows the path's token or the query, the bound on webhooks in flight
+ * (count and bytes; past it a post is refused, counted and logged, rate-limited), and logging
+ * the outcome.
  * Must not: retry, block, or let the outcome reach a client request. */
 #include <stdlib.h>
 #include <string.h>
@@ -9,15 +11,24 @@
 #include "route/upstream.h"
 #include "upstream_internal.h"
 
+/* Webhooks are error notices: a few per failing request at most. */
+#define WEBHOOKS_MAX_IN_FLIGHT 256
+#define WEBHOOK_BYTES_MAX      ((size_t)16 << 20)
+
 typedef struct webhook {
     arena_t arena;
     upstream_url_t url;
     char *label; /* scheme://host/path, never the query: webhook URLs carry secrets there */
     int status;
+    size_t bytes; /* counted in the pool's webhook_bytes while in flight */
     upstream_pool_t *pool;
 } webhook_t;
 
 static void webhook_free(webhook_t *w) {
+    if (w->bytes) {
+        w->pool->webhooks_in_flight--;
+        w->pool->webhook_bytes -= w->bytes;
+    }
     arena_free(&w->arena);
     free(w);
 }
@@ -52,12 +63,26 @@ int upstream_post(upstream_pool_t *pool, const char *url, const char *body, size
         .on_done = on_webhook_done,
         .on_error = on_webhook_error,
     };
+    size_t bytes = body_len + (headers ? strlen(headers) : 0) + strlen(url) + 1;
+    if (pool->webhooks_in_flight >= WEBHOOKS_MAX_IN_FLIGHT ||
+        bytes > WEBHOOK_BYTES_MAX - pool->webhook_bytes) {
+        pool->webhooks_refused++;
+        route_log_limited(&pool->webhook_refused_log, LOG_WARN,
+                          "webhooks: %zu in flight holding %zu bytes; refused %llu so far",
+                          pool->webhooks_in_flight, pool->webhook_bytes,
+                          (unsigned long long)pool->webhooks_refused);
+        *why = "too many webhooks in flight";
+        return -1;
+    }
     webhook_t *w = calloc(1, sizeof(*w));
-    if (w) w->pool = pool;
     if (!w) {
         *why = "out of memory";
         return -1;
     }
+    w->pool = pool;
+    w->bytes = bytes;
+    pool->webhooks_in_flight++;
+    pool->webhook_bytes += bytes;
     arena_init(&w->arena);
     if (upstream_parse_url(&w->arena, url, &w->url, why) != 0) {
         webhook_free(w);

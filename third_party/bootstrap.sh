@@ -13,6 +13,8 @@ packages=(
   wrk nginx haproxy
   # tests/integration/test_browser.py: a real browser (headless), driven by puppeteer-core.
   chromium
+  # tests/integration/test_reload.py: which thread reads the scripts on a reload.
+  strace
 )
 missing=()
 for p in "${packages[@]}"; do

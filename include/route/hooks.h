@@ -64,8 +64,14 @@ typedef struct route_res {
  * returned (malloc'd "file:line: message" in *err) and the caller exits. */
 hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err);
 void hooks_free(hooks_t *h);
-/* Loads the scripts again; on failure the running hooks stay and *err says why. 0 or -1. */
+/* Loads the scripts again; on failure the running hooks stay and *err says why. 0 or -1.
+ * hooks_reload reads the folder itself (blocking: start-up, tests); the loop calls
+ * hooks_reload_snapshot with the files reload.c read on a work thread (it takes snap). */
 int hooks_reload(hooks_t *h, char **err);
+struct script_snapshot;
+int hooks_reload_snapshot(hooks_t *h, struct script_snapshot *snap, char **err);
+/* The files the running hooks were loaded from (fingerprints for GET /admin/scripts). */
+const struct script_snapshot *hooks_loaded_snapshot(const hooks_t *h);
 
 /* Returns 1 when allowed. When denied (0) or failing (-1), *status and *message (arena
  * string) say what to answer. */

@@ -15,9 +15,13 @@ reloader_t *reloader_new(route_ctx_t *ctx, const char *scripts_dir);
 /* After the loop ended (its handles are closed by then, as every handle at shutdown). */
 void reloader_free(reloader_t *r);
 
-/* Loads the scripts again now. trigger names the cause for the log and /admin/scripts.
- * 0, or -1 with *err (malloc'd "file:line: message"); the running hooks stay then. */
-int reloader_reload(reloader_t *r, const char *trigger, char **err);
+/* Loads the scripts again: the folder is read on a work thread, then loaded on the loop.
+ * trigger names the cause for the log and /admin/scripts. cb (may be NULL) is called once,
+ * on the loop, with ok=1, or ok=0 and the error ("file:line: message"; valid during the
+ * call); the running hooks stay after a failure. A request made while a read runs gets the
+ * result of a read that starts after it (the files may have changed meanwhile). */
+typedef void (*reload_done_cb)(void *data, int ok, const char *err);
+void reloader_request(reloader_t *r, const char *trigger, reload_done_cb cb, void *data);
 
 /* GET /admin/scripts: {"folder","watching","loaded_at","last_trigger","reloads",
  * "last_error","files":[{"name","size","mtime","sha256"}]} */

@@ -134,8 +134,13 @@ const store_upstream_list_t *store_loop_upstreams(store_t *s);
  * (typed config, Lua tables) only when these move. */
 uint64_t store_loop_config_generation(const store_t *s);
 uint64_t store_loop_upstreams_generation(const store_t *s);
-/* Updates the cache now and queues the write. */
-void store_loop_config_set(store_t *s, const char *key, const char *value);
+/* Updates the cache now and queues the write. -1 with *why when the key is empty or longer
+ * than STORE_CONFIG_KEY_MAX, the value longer than STORE_CONFIG_VALUE_MAX, or the key new
+ * while STORE_CONFIG_KEYS_MAX keys exist (config_kvs holds settings, not data). */
+#define STORE_CONFIG_KEYS_MAX  1024
+#define STORE_CONFIG_KEY_MAX   128
+#define STORE_CONFIG_VALUE_MAX (64 * 1024)
+int store_loop_config_set(store_t *s, const char *key, const char *value, const char **why);
 /* Queues a row; takes ownership of r. Past either queue bound (rows, bytes) the oldest queued
  * rows are dropped (counted in store_stats, logged at most once per 10 s). */
 void store_loop_record(store_t *s, store_record_t *r);

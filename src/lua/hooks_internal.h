@@ -13,7 +13,7 @@
 #include "route/lua_api.h"
 #include "route/store.h"
 
-#define REG_BASELINE   "route.baseline_modules"
+#define REG_FOLDER_MODULES "route.folder_modules"
 #define EMBEDDED_CHUNK "=route.lua (embedded)"
 #define SCRIPT_NAME    "route.lua"
 
@@ -34,6 +34,10 @@ struct hooks {
     route_ctx_t *ctx;
     lua_State *L;
     char *scripts_dir; /* NULL: embedded hooks only */
+    /* The folder's files the current set was loaded from (require finds helpers there), and
+     * the one a load in progress reads. */
+    struct script_snapshot *snap;
+    const struct script_snapshot *loading_snap;
     lua_api_host_t host;
     hookset_t *current; /* what new requests pin */
     hookset_t *retired; /* replaced by a reload, still pinned by a request */

@@ -4,9 +4,12 @@
  * embedded default hooks and the operator's scripts/route.lua over them, checking the table
  * it returns, which of its hooks are route.defaults' C functions, the hook sets (the current
  * one and those a reload replaced while requests still pin them), hot reload (dropping the
- * script's own modules so edited helpers load again), and hooks_free.
- * Must not: run on a request's path (reading the script file is blocking I/O: start-up and
- * reload only), call hooks, or replace the running hook table before a new one loaded whole. */
+ * modules that came from the scripts folder so edited helpers load again), the `require`
+ * searcher that finds the folder's modules in the loaded snapshot, and hooks_free.
+ * Must not: read files once the loop runs (route.lua and its helpers come from a
+ * script_snapshot_t that reload.c read on a work thread; only hooks_new and the synchronous
+ * hooks_reload, for start-up and tests, read the folder themselves), call hooks, or replace
+ * the running hook table before a new one loaded whole. */
 #include "hooks_internal.h"
 
 #include <errno.h>
@@ -19,6 +22,7 @@
 #include <lualib.h>
 
 #include "route/config.h"
+#include "route/script_snapshot.h"
 #include "route/util.h"
 
 static const char *const hook_names[] = {"authorize", "pick_upstream", "on_response"};
@@ -27,6 +31,7 @@ static const unsigned hook_bits[] = {HOOK_AUTHORIZE, HOOK_PICK_UPSTREAM, HOOK_ON
 
 typedef struct load_job {
     hooks_t *h;
+    const script_snapshot_t *snap; /* the folder's files, read off the loop */
     int first;       /* a fresh state: open libraries and the route module first */
     int loaded_file; /* out: the folder had a route.lua */
     hookset_t *set;  /* out: the loaded table's set (allocated by the caller) */
@@ -46,35 +51,6 @@ static void check_hook_table(lua_State *L, const char *where) {
     }
 }
 
-/* The whole file, malloc'd; NULL with errno set. */
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 8192, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *bigger = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-        if (!bigger) {
-            free(buf);
-            buf = NULL;
-            errno = ENOMEM;
-            break;
-        }
-        buf = bigger;
-        cap *= 2;
-    }
-    if (buf && ferror(f)) {
-        free(buf);
-        buf = NULL;
-        errno = EIO;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
 /* A load error names the operator's file in full: "route.lua:3: ..." becomes
  * "<scripts_dir>/route.lua:3: ...". Takes msg. */
 static char *with_path(hooks_t *h, char *msg) {
@@ -88,6 +64,57 @@ static char *with_path(hooks_t *h, char *msg) {
     return out;
 }
 
+/* require "a.b" finds a/b.lua of the scripts folder in the snapshot the running hooks were
+ * loaded from (during a load, the one being loaded), so neither a load nor a hook that
+ * requires lazily reads a file on the loop. Lua's own searchers still follow for modules
+ * outside the folder. */
+static int folder_searcher(lua_State *L) {
+    hooks_t *h = lua_touserdata(L, lua_upvalueindex(1));
+    const char *module = luaL_checkstring(L, 1);
+    const script_snapshot_t *snap = h->loading_snap ? h->loading_snap : h->snap;
+    char name[1024];
+    size_t n = strlen(module);
+    if (!snap || n + 5 > sizeof name) {
+        lua_pushfstring(L, "no module '%s' in the scripts folder", module);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        name[i] = module[i] == '.' ? '/' : module[i];
+    memcpy(name + n, ".lua", 5);
+    const script_file_t *f = script_snapshot_find(snap, name);
+    if (!f) {
+        lua_pushfstring(L, "no file '%s' in the scripts folder", name);
+        return 1;
+    }
+    lua_pushfstring(L, "@%s", name);
+    if (luaL_loadbufferx(L, f->text, f->len, lua_tostring(L, -1), "t") != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from the scripts folder:\n\t%s", module,
+                          lua_tostring(L, -1));
+    /* Remembered so that a reload drops it (and loads the edited copy). */
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, module);
+    lua_pop(L, 1);
+    lua_pushstring(L, name);
+    return 2;
+}
+
+/* Our searcher goes right after package.preload's, ahead of the path searchers. */
+static void install_folder_searcher(lua_State *L, hooks_t *h) {
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchers");
+    for (lua_Integer i = (lua_Integer)lua_rawlen(L, -1); i >= 2; i--) {
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushlightuserdata(L, h);
+    lua_pushcclosure(L, folder_searcher, 1);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+}
+
 static int load_p(lua_State *L) {
     load_job_t *job = lua_touserdata(L, 1);
     hooks_t *h = job->h;
@@ -96,47 +123,23 @@ static int load_p(lua_State *L) {
         luaL_openlibs(L);
         lua_api_open(L, &h->host);
         lua_req_open(L);
-        if (h->scripts_dir) {
-            /* Scripts can require their own helpers from the scripts folder. */
-            lua_getglobal(L, "package");
-            lua_getfield(L, -1, "path");
-            lua_pushfstring(L, "%s/?.lua;%s", h->scripts_dir, lua_tostring(L, -1));
-            lua_setfield(L, -3, "path");
-            lua_pop(L, 2);
-        }
-        /* The modules a fresh state has; anything else in package.loaded came from scripts. */
-        lua_newtable(L);
-        luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            lua_pop(L, 1);
-            lua_pushvalue(L, -1);
-            lua_pushboolean(L, 1);
-            lua_rawset(L, -5);
-        }
-        lua_pop(L, 1);
-        lua_setfield(L, LUA_REGISTRYINDEX, REG_BASELINE);
+        install_folder_searcher(L, h);
     } else {
-        /* A reload must pick up edited helper modules too, not the copies require cached. */
-        lua_getfield(L, LUA_REGISTRYINDEX, REG_BASELINE);
+        /* A reload must pick up edited helper modules too, not the copies require cached;
+         * modules from elsewhere (system libraries) stay loaded, which also keeps their
+         * files from being read again on the loop. */
+        lua_getfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
         luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-        lua_newtable(L); /* names to drop: package.loaded must not change while traversed */
         lua_pushnil(L);
         while (lua_next(L, -3)) {
             lua_pop(L, 1);
             lua_pushvalue(L, -1);
-            if (lua_rawget(L, -5) == LUA_TNIL) {
-                lua_pushvalue(L, -2);
-                lua_rawseti(L, -4, (lua_Integer)lua_rawlen(L, -4) + 1);
-            }
-            lua_pop(L, 1);
-        }
-        for (lua_Integer i = 1, n = (lua_Integer)lua_rawlen(L, -1); i <= n; i++) {
-            lua_rawgeti(L, -1, i);
             lua_pushnil(L);
             lua_rawset(L, -4);
         }
-        lua_pop(L, 3);
+        lua_pop(L, 2);
+        lua_newtable(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
     }
 
     /* The embedded defaults, run fresh each time so a script that mutated route.defaults
@@ -164,37 +167,28 @@ static int load_p(lua_State *L) {
         lua_rawset(L, merged);
     }
 
-    if (h->scripts_dir) {
-        lua_pushfstring(L, "%s/route.lua", h->scripts_dir);
-        const char *path = lua_tostring(L, -1);
-        struct stat st;
-        if (stat(path, &st) == 0) {
-            size_t len = 0;
-            char *text = read_file(path, &len);
-            if (!text) luaL_error(L, "cannot read %s: %s", path, strerror(errno));
-            /* Skip a "#!" line as lua(1) does, keeping its newline so line numbers hold. */
-            size_t skip = 0;
-            if (len && text[0] == '#')
-                while (skip < len && text[skip] != '\n')
-                    skip++;
-            /* "route.lua", not the path: errors at request time go to API clients, which have
-             * no business knowing the server's directories. Load errors get the path back in
-             * with_path(). */
-            int rc = luaL_loadbufferx(L, text + skip, len - skip, "@" SCRIPT_NAME, "t");
-            free(text);
-            if (rc != LUA_OK) lua_error(L);
-            job->loaded_file = 1;
-            lua_call(L, 0, 1);
-            check_hook_table(L, SCRIPT_NAME);
-            lua_pushnil(L);
-            while (lua_next(L, -2)) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_rawset(L, merged);
-            }
-            lua_pop(L, 1);
-        } else if (errno != ENOENT) {
-            luaL_error(L, "cannot open %s: %s", path, strerror(errno));
+    const script_file_t *route_lua = script_snapshot_find(job->snap, SCRIPT_NAME);
+    if (route_lua) {
+        const char *text = route_lua->text;
+        size_t len = route_lua->len;
+        /* Skip a "#!" line as lua(1) does, keeping its newline so line numbers hold. */
+        size_t skip = 0;
+        if (len && text[0] == '#')
+            while (skip < len && text[skip] != '\n')
+                skip++;
+        /* "route.lua", not the path: errors at request time go to API clients, which have no
+         * business knowing the server's directories. Load errors get the path back in
+         * with_path(). */
+        if (luaL_loadbufferx(L, text + skip, len - skip, "@" SCRIPT_NAME, "t") != LUA_OK)
+            lua_error(L);
+        job->loaded_file = 1;
+        lua_call(L, 0, 1);
+        check_hook_table(L, SCRIPT_NAME);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, merged);
         }
         lua_pop(L, 1);
     }
@@ -234,7 +228,9 @@ static int run_load(hooks_t *h, load_job_t *job, char **msg) {
     }
     job->set->table_ref = LUA_NOREF;
     h->loading = 1;
+    h->loading_snap = job->snap;
     int rc = vm_run_protected(h, load_p, job, msg);
+    h->loading_snap = NULL;
     h->loading = 0;
     if (rc != 0) {
         free(job->set);
@@ -278,11 +274,18 @@ hooks_t *hooks_new(route_ctx_t *ctx, const char *scripts_dir, char **err) {
     h->L = vm_new_state(h);
     if (!h->L) goto oom;
 
-    load_job_t job = {h, 1, 0, NULL};
-    if (load_reporting(h, &job, err) != 0) {
+    script_snapshot_t *snap = script_snapshot_read(h->scripts_dir, err);
+    if (!snap) {
         hooks_free(h);
         return NULL;
     }
+    load_job_t job = {h, snap, 1, 0, NULL};
+    if (load_reporting(h, &job, err) != 0) {
+        script_snapshot_free(snap);
+        hooks_free(h);
+        return NULL;
+    }
+    h->snap = snap;
     if (job.loaded_file)
         route_log(LOG_INFO, "hooks: loaded %s/route.lua over the embedded defaults",
                   h->scripts_dir);
@@ -297,10 +300,26 @@ oom:
     return NULL;
 }
 
-int hooks_reload(hooks_t *h, char **err) {
+int hooks_reload_snapshot(hooks_t *h, script_snapshot_t *snap, char **err) {
     if (err) *err = NULL;
-    load_job_t job = {h, 0, 0, NULL};
-    return load_reporting(h, &job, err);
+    load_job_t job = {h, snap, 0, 0, NULL};
+    if (load_reporting(h, &job, err) != 0) {
+        script_snapshot_free(snap);
+        return -1;
+    }
+    script_snapshot_free(h->snap);
+    h->snap = snap;
+    return 0;
+}
+
+const struct script_snapshot *hooks_loaded_snapshot(const hooks_t *h) {
+    return h ? h->snap : NULL;
+}
+
+int hooks_reload(hooks_t *h, char **err) {
+    script_snapshot_t *snap = script_snapshot_read(h->scripts_dir, err);
+    if (!snap) return -1;
+    return hooks_reload_snapshot(h, snap, err);
 }
 
 void hooks_free(hooks_t *h) {
@@ -313,6 +332,7 @@ void hooks_free(hooks_t *h) {
     }
     if (h->L) lua_close(h->L);
     lua_api_close(&h->host);
+    script_snapshot_free(h->snap);
     free(h->scripts_dir);
     free(h);
 }

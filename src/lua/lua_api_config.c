@@ -42,10 +42,11 @@ static int l_config_set(lua_State *L) {
     lua_api_host_t *host = host_of(L);
     const char *key = luaL_checkstring(L, 1);
     const char *value = luaL_checkstring(L, 2);
-    if (key[0] == '\0') return luaL_argerror(L, 1, "empty key");
     store_t *s = store_of(host);
     if (!s) return luaL_error(L, "route.config.set: no database");
-    store_loop_config_set(s, key, value);
+    const char *why = NULL;
+    if (store_loop_config_set(s, key, value, &why) != 0)
+        return luaL_error(L, "route.config.set: %s", why);
     return 0;
 }
 

@@ -20,6 +20,9 @@ static int l_http_post(lua_State *L) {
     const char *url = luaL_checkstring(L, 1);
     size_t body_len;
     const char *body = luaL_optlstring(L, 2, "", &body_len);
+    /* luaL_buffinit pushes a placeholder: without this, a call with no headers table would
+     * find that placeholder at index 3. */
+    lua_settop(L, 3);
     luaL_Buffer headers;
     luaL_buffinit(L, &headers);
     int has_type = 0;

@@ -204,17 +204,30 @@ static config_item_t *config_item(const char *key, const char *value, uint64_t s
     return NULL;
 }
 
-void store_loop_config_set(store_t *s, const char *key, const char *value) {
+int store_loop_config_set(store_t *s, const char *key, const char *value, const char **why) {
+    size_t key_len = strlen(key), value_len = strlen(value);
+    if (key_len == 0 || key_len > STORE_CONFIG_KEY_MAX || value_len > STORE_CONFIG_VALUE_MAX) {
+        *why = key_len == 0 ? "empty key" : key_len > STORE_CONFIG_KEY_MAX ? "key too long"
+                                                                             : "value too long";
+        return -1;
+    }
+    const char *old = store_loop_config(s, key);
+    /* config_kvs is a settings table, not a data store: a script that set a new key on every
+     * request would grow it, the cache and every snapshot without end. */
+    if (!old && s->config.n >= STORE_CONFIG_KEYS_MAX) {
+        *why = "too many config keys";
+        return -1;
+    }
     uint64_t seq = s->config_seq + 1;
     int64_t at = util_now_wall_ns();
-    const char *old = store_loop_config(s, key);
     int changed = !old || strcmp(old, value) != 0;
     config_item_t *it = config_item(key, value, seq, at), *p = config_item(key, value, seq, at);
     if (!it || !p || store_kv_set(&s->config, key, value)) {
         route_log(LOG_ERROR, "store: out of memory, config key %s not set", key);
         store_config_item_free(it);
         store_config_item_free(p);
-        return;
+        *why = "out of memory";
+        return -1;
     }
     s->config_seq = seq;
     /* At most one pending value per key, the newest, so the order of re-applying is moot. */
@@ -230,6 +243,7 @@ void store_loop_config_set(store_t *s, const char *key, const char *value) {
     s->pending = p;
     if (changed) s->config_generation++;
     store_writer_enqueue_config(s, it);
+    return 0;
 }
 
 void store_loop_record(store_t *s, store_record_t *r) {

@@ -114,6 +114,22 @@ void store_writer_enqueue_config(store_t *s, config_item_t *it) {
     int wake;
     it->next = NULL;
     pthread_mutex_lock(&s->queue_mu);
+    /* One queued write per key, the newest: while the database is stalled a script setting
+     * the same key on every request must not grow the queue (the keys themselves are bounded
+     * by store_loop_config_set). */
+    config_item_t *same = s->queue_config;
+    while (same && strcmp(same->key, it->key) != 0)
+        same = same->next;
+    if (same) {
+        char *v = same->value;
+        same->value = it->value;
+        it->value = v;
+        same->seq = it->seq;
+        same->at = it->at;
+        pthread_mutex_unlock(&s->queue_mu);
+        store_config_item_free(it);
+        return;
+    }
     *s->queue_config_tail = it;
     s->queue_config_tail = &it->next;
     wake_locked(s, &wake);

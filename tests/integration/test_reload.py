@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import textwrap
 import threading
 import time
@@ -630,3 +631,70 @@ def test_thousand_reloads_under_concurrent_load(proxy_factory, tmp_path):
             assert p.alive()
             print("\n%d reloads (%d rename-overs) in %.1fs with %d requests; RSS %d -> %d KiB"
                   % (n_reloads, rewrites, reload_time, ok, rss_before, rss_after))
+
+
+# --------------------------------------------------------------------------- off the loop
+
+HELPER_USER = """\
+local route = require "route"
+local TARGET = %d
+return {
+  pick_upstream = function(req, ups)
+    -- Required lazily, at request time: it must come from the loaded snapshot.
+    local pick = require "lib.pick"
+    return pick(ups, TARGET)
+  end,
+}
+"""
+
+PICK_HELPER = """\
+return function(ups, id)
+  for _, u in ipairs(ups) do if u.id == id then return u end end
+  return nil, "no upstream " .. id
+end
+"""
+
+
+def test_reload_reads_the_folder_off_the_loop_thread(proxy_factory, tmp_path, mocks):
+    """The loop thread never reads a script: on a reload the folder (route.lua and its helpers,
+    subfolders included) is read by a work thread, and `require` finds the helpers in memory,
+    even lazily at request time and after the file was deleted. Observed with strace: every
+    open of a .lua file after start-up is made by a thread other than the loop's (the main
+    thread, whose tid is the process id)."""
+    p, scripts = start_proxy(proxy_factory, tmp_path, mocks, HELPER_USER % 1)
+    (scripts / "lib").mkdir()
+    (scripts / "lib" / "pick.lua").write_text(PICK_HELPER)
+    with p:
+        r = p.request("POST", "/admin/reload")
+        assert r.status == 200, r
+        trace = tmp_path / "strace.txt"
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o",
+                                   str(trace), "-p", str(p.proc.pid)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        try:
+            # strace writes nothing until a call is made: wait until it traces us by making
+            # the server open something (an admin reload reads the folder).
+            def attached():
+                p.request("POST", "/admin/reload")
+                return trace.exists() and ".lua" in trace.read_text()
+            wait_until(attached, timeout=10, interval=0.2, message="strace attached")
+            (scripts / "route.lua").write_text(HELPER_USER % 2)
+            r = p.request("POST", "/admin/reload")
+            assert r.status == 200, r
+            # Delete the helper: the hooks keep working from the snapshot (the lazy require
+            # of the first request after the reload reads no file).
+            (scripts / "lib" / "pick.lua").unlink()
+            assert answered_by(p.chat()) == "b"
+            assert answered_by(p.chat()) == "b"
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=10)
+        lines = [l for l in trace.read_text().splitlines() if ".lua" in l]
+        assert lines, trace.read_text()[-2000:]
+        loop_tid = str(p.proc.pid)
+        on_loop = [l for l in lines if l.split()[0] == loop_tid]
+        assert not on_loop, "the loop thread opened scripts:\n" + "\n".join(on_loop)
+        assert any("lib/pick.lua" in l for l in lines), lines
+        st = status(p)
+        assert sorted(files_by_name(st)) == ["lib/pick.lua", "route.lua"], st

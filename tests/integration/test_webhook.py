@@ -212,3 +212,34 @@ return {
     assert json.loads(got.body)["status"] == 200
     assert all("bad" not in k.lower() for k, _ in got.headers)
     assert "POSTED true" in p.stderr_text()
+
+
+def test_webhooks_in_flight_are_bounded(proxy_factory, mock, mock_factory, tmp_path):
+    # A script that posts on every request while the receiver hangs must not pile webhooks up
+    # without bound: past 256 in flight a post is refused (false, why), counted, and logged
+    # once per 10 s, and the proxy keeps serving.
+    sink = mock_factory("sink")
+    sink.set_default(Hang(timeout=20))
+    (tmp_path / "route.lua").write_text('''
+local route = require "route"
+return {
+  on_response = function(req, res)
+    local ok_n, refused, why_seen = 0, 0, nil
+    for i = 1, 300 do
+      local ok, why = route.http_post("%s/hook", "{}")
+      if ok then ok_n = ok_n + 1 else refused = refused + 1; why_seen = why end
+    end
+    route.log("warn", "POSTS", ok_n, refused, tostring(why_seen))
+  end,
+}
+''' % sink.url)
+    p = proxy_factory(upstreams=[(SK_A, mock.endpoint())], scripts_dir=tmp_path)
+    assert p.request("POST", CHAT, chat_body()).status == 200
+    wait_until(lambda: "POSTS" in p.stderr_text(), timeout=10, message="the script's log")
+    assert "POSTS 256 44 too many webhooks in flight" in p.stderr_text()
+    assert p.request("POST", CHAT, chat_body()).status == 200
+    wait_until(lambda: p.stderr_text().count("POSTS") == 2, timeout=10, message="second log")
+    assert "POSTS 0 300 too many webhooks in flight" in p.stderr_text()
+    log = p.stderr_text()
+    assert log.count("webhooks: 256 in flight") == 1, log[-3000:]
+    sink.wait_for_requests(200, timeout=10)

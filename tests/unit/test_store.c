@@ -225,9 +225,10 @@ static void test_loop_and_writer(void) {
     CHECK(store_loop_config(s, "timeout") && strcmp(store_loop_config(s, "timeout"), "5") == 0);
 
     /* A loop config write shows at once and is never undone by a snapshot. */
-    store_loop_config_set(s, "policy", "round_robin");
+    const char *why = NULL;
+    CHECK(store_loop_config_set(s, "policy", "round_robin", &why) == 0);
     CHECK(strcmp(store_loop_config(s, "policy"), "round_robin") == 0);
-    store_loop_config_set(s, "new_key", "1");
+    CHECK(store_loop_config_set(s, "new_key", "1", &why) == 0);
     CHECK(strcmp(store_loop_config(s, "new_key"), "1") == 0);
     store_loop_upstream_result(s, id, 1);
     store_loop_upstream_result(s, id, 1);
@@ -249,9 +250,9 @@ static void test_loop_and_writer(void) {
     CHECK(sqlite3_exec(other,
                        "BEGIN IMMEDIATE; UPDATE config_kvs SET value='6' WHERE key='timeout'", NULL,
                        NULL, NULL) == SQLITE_OK);
-    store_loop_config_set(s, "policy", "x");
-    store_loop_config_set(s, "other", "y");
-    store_loop_config_set(s, "policy", "random");
+    CHECK(store_loop_config_set(s, "policy", "x", &why) == 0);
+    CHECK(store_loop_config_set(s, "other", "y", &why) == 0);
+    CHECK(store_loop_config_set(s, "policy", "random", &why) == 0);
     usleep(20000);
     CHECK(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(other);
@@ -259,6 +260,31 @@ static void test_loop_and_writer(void) {
     CHECK(strcmp(store_loop_config(s, "timeout"), "6") == 0);
     CHECK(strcmp(store_loop_config(s, "policy"), "random") == 0);
     CHECK(strcmp(store_loop_config(s, "other"), "y") == 0);
+
+    /* config_kvs holds settings: keys, their length and the values' are bounded. */
+    char long_key[STORE_CONFIG_KEY_MAX + 2];
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = '\0';
+    CHECK(store_loop_config_set(s, long_key, "1", &why) == -1 && strcmp(why, "key too long") == 0);
+    CHECK(store_loop_config_set(s, "", "1", &why) == -1 && strcmp(why, "empty key") == 0);
+    char *long_value = malloc(STORE_CONFIG_VALUE_MAX + 2);
+    memset(long_value, 'v', STORE_CONFIG_VALUE_MAX + 1);
+    long_value[STORE_CONFIG_VALUE_MAX + 1] = '\0';
+    CHECK(store_loop_config_set(s, "big", long_value, &why) == -1 &&
+          strcmp(why, "value too long") == 0);
+    free(long_value);
+    int accepted = 0;
+    for (int i = 0; i < STORE_CONFIG_KEYS_MAX + 10; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "many_%d", i);
+        if (store_loop_config_set(s, key, "1", &why) != 0) {
+            CHECK(strcmp(why, "too many config keys") == 0);
+            break;
+        }
+        accepted++;
+    }
+    CHECK(accepted > 1000 && accepted < STORE_CONFIG_KEYS_MAX);
+    CHECK(store_loop_config_set(s, "many_0", "2", &why) == 0); /* an existing key still changes */
 
     store_record_t *r = store_record_new();
     CHECK(r && strlen(r->id) == 36 && r->created_at > 0);
