@@ -38,7 +38,7 @@ static const struct flag {
     {"help", NULL, NULL, NULL, FLAG_HELP, 0},
     B("list", list, "print the upstreams and the config, then exit"),
     S("log-format", "string", "text", log_format,
-      "access log lines on stderr: text or json (one JSON object per line)"),
+      "lines on stderr (access log and messages): text or json (one JSON object per line)"),
     B("noauth", noauth, "do not check the client's Authorization on /v1/* (admin stays protected)"),
     S("scripts", "string", "./scripts", scripts,
       "folder with route.lua; the built-in hooks where it is missing"),

@@ -112,6 +112,7 @@ int main(int argc, char **argv) {
     int rc = cli_parse(argc, argv, &opts, stdout, stderr);
     if (rc == CLI_HELP) return 0;
     if (rc != CLI_OK) return 2;
+    route_log_set_json(strcmp(opts.log_format, "json") == 0);
     rc = cli_run_oneshot(&opts, stdout, stderr);
     if (rc >= 0) return rc;
 

@@ -1,5 +1,5 @@
 """The access log (issue 10, item 5): one line per /v1 request on stderr, in a stable text
-format or (-log-format json) one JSON object per line; lines for a success, a failover, an
+format or (-log-format json) one JSON object per line, the log's own lines too; lines for a success, a failover, an
 all-failed 502 and a refused 403; no key or token anywhere on stderr (nor the query, which can
 carry one); config access_log=0 turns it off; what is buffered is written at SIGTERM."""
 
@@ -71,12 +71,18 @@ def text_lines(p):
 
 
 def json_lines(p):
+    """The access objects; with -log-format json every line of stderr is one JSON object
+    (the log's messages as {"time", "level", "message"})."""
     out = []
     for line in p.stderr_text().splitlines():
-        if line.startswith("{"):
-            obj = json.loads(line)  # every JSON line parses on its own
-            assert list(obj) == JSON_KEYS, obj
-            out.append(obj)
+        if not line:
+            continue
+        obj = json.loads(line)
+        if "level" in obj:
+            assert list(obj) == ["time", "level", "message"], obj
+            continue
+        assert list(obj) == JSON_KEYS, obj
+        out.append(obj)
     return out
 
 
@@ -163,7 +169,10 @@ def test_json_lines(proxy_factory, mock_factory, ordered):
     lines = wait_until(lambda: len(json_lines(p)) >= 4 and json_lines(p),
                        message="4 JSON access lines")
     check_lines(p, lines, ua, ub)
-    assert not [l for l in p.stderr_text().splitlines() if " ACCESS " in l]
+    p.stop()
+    logs = [json.loads(l) for l in p.stderr_text().splitlines() if '"level"' in l]
+    assert any("SIGTERM" in o["message"] for o in logs), logs
+    assert len(json_lines(p)) == 4
 
 
 def test_written_at_sigterm(proxy_factory, mock):
