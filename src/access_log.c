@@ -1,6 +1,8 @@
-/* access_log.c: the access log, one line per /v1 request on standard error.
+/* access_log.c: the access log, one line per request on standard error.
  *
- * Owns: the line formats (text and JSON Lines, fields in a fixed order), the bounded buffer
+ * Owns: the line formats (text and JSON Lines, fields in a fixed order) for /v1 exchanges
+ * (access_log_request, from proxy.c) and every other request (access_log_http, from the
+ * HTTP core), the bounded buffer
  * between the loop and the writer thread (past ACCESS_LOG_BUFFER_MAX bytes a line is dropped,
  * counted and reported rate-limited), and that thread, which writes at least every
  * ACCESS_LOG_FLUSH_MS and everything left at exit.
@@ -150,7 +152,10 @@ void access_log_format_line(enum access_log_format f, const route_req_t *req,
     else
         missing(b, f);
     field(b, f, "request_id", 0);
-    append_string(b, req->id, sizeof(req->id));
+    if (req->id[0])
+        append_string(b, req->id, sizeof(req->id));
+    else
+        missing(b, f);
     buf_appends(b, json ? "}\n" : "\n");
 }
 
@@ -274,6 +279,17 @@ void access_log_request(access_log_t *al, const route_req_t *req, const route_re
                           "access log: standard error is not keeping up; %" PRIu64
                           " line(s) dropped so far",
                           total);
+}
+
+void access_log_http(access_log_t *al, http_request_t *http, int status) {
+    if (!al) return;
+    route_req_t req = {.http = http};
+    route_res_t res = {
+        .status = status,
+        .elapsed_ns = util_now_mono_ns() - http_request_start_mono_ns(http),
+        .bytes_sent = http_response_bytes_sent(http),
+    };
+    access_log_request(al, &req, &res);
 }
 
 uint64_t access_log_dropped(access_log_t *al) {

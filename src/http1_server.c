@@ -15,6 +15,7 @@
 
 #include "http_headers.h"
 #include "http_internal.h"
+#include "route/access_log.h"
 
 #define SLOW_HEADERS_MS   (30 * 1000)
 #define BODY_IDLE_MS      (60 * 1000)
@@ -357,6 +358,10 @@ uint64_t http_response_bytes_sent(const http_request_t *req) {
     return req->body_bytes_sent;
 }
 
+void http_request_set_logs_itself(http_request_t *req) {
+    req->logs_itself = 1;
+}
+
 size_t http_response_pending(const http_request_t *req) {
     server_conn_t *c = req->conn;
     if (!c) return 0;
@@ -372,6 +377,7 @@ static void conn_shutdown(server_conn_t *c) {
 
 /* The connection is done with its active request. */
 static void conn_request_finished(server_conn_t *c, http_request_t *req, int close_after) {
+    if (!req->logs_itself) access_log_http(c->srv->ctx->access_log, req, req->status);
     req->response_done = 1;
     c->active = NULL;
     c->srv->active_requests--;

@@ -463,6 +463,7 @@ void proxy_handle(http_request_t *http) {
     p->http = http;
     http_request_retain(http);
     http_request_set_handler(http, p, on_client_abort, on_client_drain);
+    http_request_set_logs_itself(http);
 
     p->rreq.http = http;
     util_uuid7_rng(&ctx->rng, p->rreq.id, http_request_start_wall_ns(http));

@@ -18,6 +18,9 @@ access_log_t *access_log_new(int fd, enum access_log_format format);
 void access_log_free(access_log_t *al);
 /* One finished exchange (al may be NULL). Loop thread. */
 void access_log_request(access_log_t *al, const route_req_t *req, const route_res_t *res);
+/* A request answered by the server or a handler other than the proxy (admin, /metrics, 404):
+ * the same line with what HTTP knows (no model, upstream, tokens or request id). */
+void access_log_http(access_log_t *al, http_request_t *req, int status);
 /* Lines dropped because the buffer was full (stderr did not keep up). Any thread. */
 uint64_t access_log_dropped(access_log_t *al);
 

@@ -1,7 +1,8 @@
 """The access log (issue 10, item 5): one line per /v1 request on stderr, in a stable text
 format or (-log-format json) one JSON object per line, the log's own lines too; lines for a success, a failover, an
 all-failed 502 and a refused 403; no key or token anywhere on stderr (nor the query, which can
-carry one); config access_log=0 turns it off; what is buffered is written at SIGTERM."""
+carry one); a line for every other request too (admin, /metrics, 404); config access_log=0
+turns it off; what is buffered is written at SIGTERM."""
 
 import json
 import re
@@ -39,7 +40,7 @@ TEXT_RE = re.compile(
     r' total_ms=(?P<total_ms>\d+\.\d{3})'
     r' prompt_tokens=(?P<prompt_tokens>\d+|-)'
     r' completion_tokens=(?P<completion_tokens>\d+|-)'
-    r' request_id=(?P<request_id>"[0-9a-f-]{36}")$')
+    r' request_id=(?P<request_id>"[0-9a-f-]{36}"|-)$')
 
 JSON_KEYS = ["time", "client_ip", "method", "path", "model", "status", "upstream_id", "attempts",
              "tried", "bytes_sent", "first_byte_ms", "total_ms", "prompt_tokens",
@@ -115,7 +116,12 @@ def traffic(p, a, b):
     return ids[a.endpoint()], ids[b.endpoint()]
 
 
+def v1(lines):
+    return [l for l in lines if l["path"].startswith("/v1")]
+
+
 def check_lines(p, lines, ua, ub):
+    lines = v1(lines)
     by_model = {l["model"]: l for l in lines}
     assert len(lines) == 4, lines
     ok = by_model["gpt-ok"]
@@ -152,13 +158,24 @@ def test_text_lines(proxy_factory, mock_factory, ordered):
     p = proxy_factory(upstreams=[(SK_A, a.endpoint()), (SK_B, b.endpoint())],
                       scripts_dir=ordered)
     ua, ub = traffic(p, a, b)
-    lines = wait_until(lambda: len(text_lines(p)) >= 4 and text_lines(p),
+    lines = wait_until(lambda: len(v1(text_lines(p))) >= 4 and text_lines(p),
                        message="4 access lines (flushed within a second)")
     check_lines(p, lines, ua, ub)
-    # Admin calls are not access-logged (see README "Access log").
+    # Every other request has a line too (as nginx logs every request), with what HTTP knows.
     assert p.request("GET", "/admin/upstreams").status == 200
+    assert p.request("GET", "/metrics", auth=False).status == 403
+    assert p.request("GET", "/nowhere?token=" + QUERY_SECRET).status == 404
     p.stop()
-    assert len(text_lines(p)) == 4
+    others = {l["path"]: l for l in text_lines(p) if not l["path"].startswith("/v1")}
+    adm = others["/admin/upstreams"]
+    assert adm["method"] == "GET" and adm["status"] == 200 and adm["bytes_sent"] > 0
+    assert adm["attempts"] == 0 and adm["model"] is None and adm["request_id"] is None
+    assert adm["upstream_id"] is None and adm["prompt_tokens"] is None
+    assert others["/metrics"]["status"] == 403
+    assert others["/nowhere"]["status"] == 404
+    err = p.stderr_text()
+    for secret in (SK_A, SK_B, p.token, QUERY_SECRET):
+        assert secret not in err, secret
 
 
 def test_json_lines(proxy_factory, mock_factory, ordered):
@@ -166,13 +183,13 @@ def test_json_lines(proxy_factory, mock_factory, ordered):
     p = proxy_factory(upstreams=[(SK_A, a.endpoint()), (SK_B, b.endpoint())],
                       scripts_dir=ordered, args=["-log-format", "json"])
     ua, ub = traffic(p, a, b)
-    lines = wait_until(lambda: len(json_lines(p)) >= 4 and json_lines(p),
+    lines = wait_until(lambda: len(v1(json_lines(p))) >= 4 and json_lines(p),
                        message="4 JSON access lines")
     check_lines(p, lines, ua, ub)
     p.stop()
     logs = [json.loads(l) for l in p.stderr_text().splitlines() if '"level"' in l]
     assert any("SIGTERM" in o["message"] for o in logs), logs
-    assert len(json_lines(p)) == 4
+    assert len(v1(json_lines(p))) == 4
 
 
 def test_written_at_sigterm(proxy_factory, mock):
@@ -180,7 +197,8 @@ def test_written_at_sigterm(proxy_factory, mock):
     for i in range(20):
         assert post(p, "gpt-%d" % i).status == 200
     p.stop()  # SIGTERM: what is buffered is written before exit
-    assert sorted(l["model"] for l in text_lines(p)) == sorted("gpt-%d" % i for i in range(20))
+    assert sorted(l["model"] for l in v1(text_lines(p))) == \
+        sorted("gpt-%d" % i for i in range(20))
 
 
 def test_turned_off(proxy_factory, mock):
@@ -193,7 +211,7 @@ def test_turned_off(proxy_factory, mock):
     p.set_config("access_log", "0")
     assert post(p, "gpt-quiet-again").status == 200
     p.stop()
-    assert [l["model"] for l in text_lines(p)] == ["gpt-loud"]
+    assert [l["model"] for l in v1(text_lines(p))] == ["gpt-loud"]
 
 
 def test_bad_log_format_is_a_usage_error(binary, tmp_path):
