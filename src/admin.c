@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <uv.h>
 
+#include "route/access_log.h"
 #include "route/ctx.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
@@ -570,8 +571,16 @@ void metrics_handle(http_request_t *req) {
     route_ctx_t *ctx = http_request_ctx(req);
     if (!config_current(ctx)->metrics_public && !admin_authorized(req)) return;
 
-    metrics_set_gauges(ctx->metrics, (int64_t)server_open_connections(ctx),
-                       (int64_t)server_active_requests(ctx));
+    store_stats_t st = {0};
+    if (ctx->store) store_stats(ctx->store, &st);
+    metrics_gauges_t g = {
+        .open_connections = (int64_t)server_open_connections(ctx),
+        .active_requests = (int64_t)server_active_requests(ctx),
+        .records_queue_depth = st.queue_depth,
+        .records_dropped_total = st.dropped_total,
+        .access_log_dropped_total = access_log_dropped(ctx->access_log),
+    };
+    metrics_set_gauges(ctx->metrics, &g);
     buf_t b = {0};
     if (metrics_render(ctx->metrics, &b) != 0) {
         buf_free(&b);

@@ -37,6 +37,8 @@ static const struct flag {
     {"h", NULL, NULL, "print this usage and exit (also -help)", FLAG_HELP, 0},
     {"help", NULL, NULL, NULL, FLAG_HELP, 0},
     B("list", list, "print the upstreams and the config, then exit"),
+    S("log-format", "string", "text", log_format,
+      "lines on stderr (access log and messages): text or json (one JSON object per line)"),
     B("noauth", noauth, "do not check the client's Authorization on /v1/* (admin stays protected)"),
     S("scripts", "string", "./scripts", scripts,
       "folder with route.lua; the built-in hooks where it is missing"),
@@ -122,6 +124,9 @@ int cli_parse(int argc, char **argv, route_options_t *opts, FILE *out, FILE *err
         if (!value) return usage_error(err, argv0, "flag needs an argument: -%s", f->name);
         *(const char **)((char *)opts + f->off) = value;
     }
+    if (strcmp(opts->log_format, "text") != 0 && strcmp(opts->log_format, "json") != 0)
+        return usage_error(err, argv0, "invalid value \"%s\" for -log-format: text or json",
+                           opts->log_format);
     if (!opts->tls_cert != !opts->tls_key) {
         fprintf(err, "-tls-cert and -tls-key must be given together\n");
         return CLI_USAGE_ERROR;

@@ -133,6 +133,9 @@ static int retry_on_fresh_connection(upstream_req_t *r) {
 void http1_client_connected(upstream_req_t *r) {
     upstream_conn_t *c = r->conn;
     c->uses++;
+    if (r->connect_start_ns && r->opts.connect_ns)
+        *r->opts.connect_ns = util_now_mono_ns() - r->connect_start_ns;
+    r->connect_start_ns = 0;
     llhttp_init(&c->parser, HTTP_RESPONSE, &r->pool->settings);
     c->parser.data = c;
     r->got_byte = r->message_done = r->informational = 0;

@@ -16,6 +16,7 @@
 
 #include "http_headers.h"
 #include "http_internal.h"
+#include "route/access_log.h"
 
 #define SLOW_HEADERS_MS   (30 * 1000)
 #define BODY_IDLE_MS      (60 * 1000)
@@ -349,7 +350,17 @@ int http_response_write(http_request_t *req, const char *data, size_t len, refbu
     }
     bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
     if (req->response_chunked) bufs[n++] = uv_buf_init((char *)"\r\n", 2);
-    return conn_send(c, bufs, n, ref);
+    int rc = conn_send(c, bufs, n, ref);
+    if (rc == 0) req->body_bytes_sent += len;
+    return rc;
+}
+
+uint64_t http_response_bytes_sent(const http_request_t *req) {
+    return req->body_bytes_sent;
+}
+
+void http_request_set_logs_itself(http_request_t *req) {
+    req->logs_itself = 1;
 }
 
 size_t http_response_pending(const http_request_t *req) {
@@ -367,6 +378,7 @@ static void conn_shutdown(server_conn_t *c) {
 
 /* The connection is done with its active request. */
 static void conn_request_finished(server_conn_t *c, http_request_t *req, int close_after) {
+    if (!req->logs_itself) access_log_http(c->srv->ctx->access_log, req, req->status);
     req->response_done = 1;
     c->active = NULL;
     c->srv->active_requests--;

@@ -55,6 +55,8 @@ struct http_request {
 
     int response_started, response_done, response_chunked, response_close;
     int status;
+    uint64_t body_bytes_sent;
+    int logs_itself; /* its handler writes its access log line (else the server does) */
 
     void *handler_data;
     http_request_cb on_abort;

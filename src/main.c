@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "route/access_log.h"
 #include "route/admin.h"
 #include "route/cli.h"
 #include "route/config.h"
@@ -111,6 +112,7 @@ int main(int argc, char **argv) {
     int rc = cli_parse(argc, argv, &opts, stdout, stderr);
     if (rc == CLI_HELP) return 0;
     if (rc != CLI_OK) return 2;
+    route_log_set_json(strcmp(opts.log_format, "json") == 0);
     rc = cli_run_oneshot(&opts, stdout, stderr);
     if (rc >= 0) return rc;
 
@@ -138,6 +140,9 @@ int main(int argc, char **argv) {
     ctx->store = store;
     ctx->config = config_state_new();
     ctx->metrics = metrics_new();
+    ctx->access_log =
+        access_log_new(2, strcmp(opts.log_format, "json") == 0 ? ACCESS_LOG_JSON : ACCESS_LOG_TEXT);
+    if (!ctx->access_log) route_log(LOG_WARN, "access log: cannot start its thread; no access log");
     ctx->pool = upstream_pool_new(ctx);
     router_t *router = NULL;
     ctx->tls_client = tls_client_config_new(opts.ca_file, &err);
@@ -219,6 +224,7 @@ out:
     server_free(ctx);
     router_free(router);
     metrics_free(ctx->metrics);
+    access_log_free(ctx->access_log); /* writes what is buffered */
     tls_config_free(ctx->tls_client);
     tls_config_free(ctx->tls_server);
     config_state_free(ctx->config);

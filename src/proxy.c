@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "route/access_log.h"
 #include "route/config.h"
 #include "route/extract.h"
 #include "route/hooks.h"
@@ -46,6 +47,7 @@ typedef struct proxy_req {
     tunnel_t *tunnel; /* after the 101 */
     uint64_t idle_ms; /* of the current attempt */
     const char *tunnel_summary;
+    int sse; /* relaying a text/event-stream response (the active_streams gauge) */
 } proxy_req_t;
 
 static void proxy_finish(proxy_req_t *p, int record);
@@ -188,6 +190,10 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     if (content_type)
         p->ex =
             extract_pool_get(&p->ctx->extract_pool, content_type->value, content_type->value_len);
+    if (content_type && strncasecmp(content_type->value, "text/event-stream", 17) == 0) {
+        p->sse = 1;
+        metrics_stream_started(p->ctx->metrics);
+    }
 }
 
 static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
@@ -490,6 +496,7 @@ static void try_next_candidate(proxy_req_t *p) {
             .connect_timeout_ms = to_ms(connect),
             .header_timeout_ms = to_ms(headers),
             .idle_timeout_ms = to_ms(idle),
+            .connect_ns = &a->connect_ns,
         };
         p->up =
             o.target && hdrs->data ? upstream_request(ctx->pool, &o, &upstream_events, p) : NULL;
@@ -558,6 +565,8 @@ static void proxy_finish(proxy_req_t *p, int record) {
     res.ttfb_ns = p->ttfb_ns;
     res.attempts = p->attempts;
     res.n_attempts = p->n_attempts;
+    res.sse = p->sse;
+    res.bytes_sent = http_response_bytes_sent(http);
     if (p->sent_head && p->n_attempts) {
         res.upstream_id = p->attempts[p->n_attempts - 1].upstream_id;
         res.upstream_endpoint = p->attempts[p->n_attempts - 1].endpoint;
@@ -583,10 +592,10 @@ static void proxy_finish(proxy_req_t *p, int record) {
         hooks_on_response(p->ctx->hooks, &p->rreq, &res, &rec);
         if (rec) store_loop_record(store, rec);
     }
+    /* Metrics and the access log take what they need from the finished result. */
+    metrics_observe_request(p->ctx->metrics, &p->rreq, &res);
+    access_log_request(p->ctx->access_log, &p->rreq, &res);
     hooks_release(p->ctx->hooks, &p->rreq);
-    if (p->ctx->metrics)
-        metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
-                                elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);
     if (p->ex) extract_pool_put(&p->ctx->extract_pool, p->ex);
     for (size_t i = 0; i < p->n_attempts; i++)
         upstream_url_release(p->url_refs[i]);
@@ -606,6 +615,7 @@ void proxy_handle(http_request_t *http) {
     p->http = http;
     http_request_retain(http);
     http_request_set_handler(http, p, on_client_abort, on_client_drain);
+    http_request_set_logs_itself(http);
 
     p->rreq.http = http;
     util_uuid7_rng(&ctx->rng, p->rreq.id, http_request_start_wall_ns(http));

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "route/hooks.h"
+#include "route/metrics.h"
 #include "route/script_snapshot.h"
 #include "route/store.h"
 
@@ -85,6 +86,7 @@ static void after_read(uv_work_t *w, int status) {
     r->read_err = NULL;
     const char *trigger = r->current.trigger;
     snprintf(r->last_trigger, sizeof(r->last_trigger), "%s", trigger);
+    metrics_observe_reload(r->ctx->metrics, rc == 0);
     if (rc == 0) {
         r->reloads++;
         r->loaded_at = util_now_wall_ns();

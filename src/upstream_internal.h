@@ -77,6 +77,7 @@ struct upstream_req {
     int finished, paused, retried, got_byte, message_done, informational;
     int switched; /* a 101 answered opts.upgrade: the connection goes to the caller */
     int deferred_kind, dns_pending;
+    int64_t connect_start_ns; /* a new connection is being set up since (0: none) */
     const char *deferred_msg;
     upstream_req_t *next_free;
 };

@@ -216,6 +216,7 @@ static void on_dns(uv_getaddrinfo_t *q, int status, struct addrinfo *res) {
 }
 
 void upstream_connect_start(upstream_req_t *r) {
+    r->connect_start_ns = util_now_mono_ns();
     if (r->opts.url->tls && !r->pool->ctx->tls_client) {
         http1_client_fail_later(r, UPSTREAM_ERR_TLS, "no CA certificates loaded");
         return;

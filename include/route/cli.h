@@ -13,6 +13,7 @@ typedef struct route_options {
     const char *set;      /* "key=value" or NULL */
     const char *ca_file;  /* NULL: system bundle */
     const char *tls_cert, *tls_key;
+    const char *log_format; /* "text" or "json": the access log's lines */
     int add, list, noauth;
 } route_options_t;
 

@@ -26,6 +26,7 @@ typedef struct route_config {
     int64_t records_queue_max;
     int64_t records_queue_max_mb;
     int metrics_public;
+    int access_log;              /* 1: one line per request on stderr */
     const char *policy;          /* "main" */
     const auth_tokens_t *tokens; /* parsed `authorization` */
     const char *forward_headers; /* comma-separated extra request headers, "" for none */

@@ -16,6 +16,7 @@ typedef struct server server_t;
 typedef struct upstream_pool upstream_pool_t;
 typedef struct tls_config tls_config_t;
 typedef struct metrics metrics_t;
+typedef struct access_log access_log_t;
 typedef struct reloader reloader_t;
 typedef struct config_state config_state_t;
 typedef struct upstream_url_cache upstream_url_cache_t;
@@ -30,6 +31,7 @@ typedef struct route_ctx {
     tls_config_t *tls_client; /* upstream verification; NULL when it could not load */
     tls_config_t *tls_server; /* the HTTPS listener's, or NULL */
     metrics_t *metrics;
+    access_log_t *access_log; /* NULL: no access log */
     reloader_t *reloader;
     config_state_t *config; /* the typed snapshot: read it through config_current(ctx) */
     int shutting_down;

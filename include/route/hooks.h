@@ -39,6 +39,7 @@ typedef struct route_attempt {
     const char *error; /* why it failed, NULL when it did not */
     int failed;        /* counts as an upstream failure */
     int timed_out;     /* failed by a timeout (connect, headers or idle) */
+    int64_t connect_ns; /* DNS + TCP (+ TLS) of a new connection; 0 when a pooled one served */
 } route_attempt_t;
 
 typedef struct route_res {
@@ -55,6 +56,8 @@ typedef struct route_res {
     int client_aborted;
     route_attempt_t *attempts;
     size_t n_attempts;
+    int sse;             /* the response was text/event-stream */
+    uint64_t bytes_sent; /* response body bytes handed to the client */
 } route_res_t;
 
 /* Loads scripts_dir/route.lua, or the embedded default when it is missing. A load error is

@@ -65,6 +65,11 @@ int http_response_start(http_request_t *req, int status, const char *headers, si
 int http_response_write(http_request_t *req, const char *data, size_t len, refbuf_t *ref);
 /* Bytes handed to the client socket but not yet written. */
 size_t http_response_pending(const http_request_t *req);
+/* Response body bytes handed to the client so far (no head, no chunk framing). */
+uint64_t http_response_bytes_sent(const http_request_t *req);
+/* The handler writes this request's access log line itself (the proxy, with what it knows of
+ * upstreams and tokens); otherwise the server writes one when the response ends. */
+void http_request_set_logs_itself(http_request_t *req);
 /* Completes the response (terminating chunk) and lets the connection go on to the next
  * request. The handler must not touch the response after this. */
 void http_response_end(http_request_t *req);

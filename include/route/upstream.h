@@ -70,6 +70,7 @@ typedef struct upstream_request_opts {
     int head_request; /* HEAD: the response has no body */
     int upgrade;      /* headers ask to switch protocols: a 101 ends in on_upgrade */
     uint64_t connect_timeout_ms, header_timeout_ms, idle_timeout_ms;
+    int64_t *connect_ns; /* may be NULL: receives the set-up time of a new connection */
 } upstream_request_opts_t;
 
 typedef struct upstream_req upstream_req_t;

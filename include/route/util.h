@@ -99,6 +99,8 @@ void route_log(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 void route_vlog(int level, const char *fmt, va_list ap);
 /* Minimum level printed; read from ROUTE_LOG_LEVEL (debug|info|warn|error) at start. */
 void route_log_set_level(int level);
+/* -log-format json: every line one JSON object {"time","level","message"} (set at start). */
+void route_log_set_json(int on);
 /* For a line that can come once per request or connection (a refused client, a failing hook):
  * at most one per LOG_LIMIT_INTERVAL_NS per limiter, and the next one says how many were held
  * back meanwhile. The limiter lives in its caller's object (zeroed = ready). */

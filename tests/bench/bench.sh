@@ -30,7 +30,11 @@
 #       haproxy   HAProxy, nbthread 1, http-reuse always, option http-no-delay (without it
 #                 HAProxy holds SSE events back for up to 200 ms)
 #       route     openai-api-route, default scripts, recording on, fresh database with
-#                 `-set authorization=...` and `-add -sk sk-bench -endpoint http://mock/v1`
+#                 `-set authorization=...` and `-add -sk sk-bench -endpoint http://mock/v1`;
+#                 metrics and the access log on (the defaults; its log is a file in the work
+#                 folder)
+#       quiet     the same with `-set access_log=0`: route vs quiet is the access log's cost
+#                 (metrics have no switch: they are always on, as in nginx and HAProxy)
 #       engine    openai-api-route with tests/bench/engine_scripts (hooks that return at once,
 #                 no records): the C request path alone
 #   - pinned (unless --no-pin): wrk and the mocks on core 0, the proxy under test on core 1;
@@ -150,9 +154,9 @@ wait_port() { # PORT NAME
     exit 1
 }
 
-read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced < <("$py" -c '
+read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced p_quiet < <("$py" -c '
 import socket
-ss = [socket.socket() for _ in range(7)]
+ss = [socket.socket() for _ in range(8)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -243,7 +247,7 @@ EOF
 }
 
 mkdir -p "$work/mock" "$work/nginx" "$work/route-db" "$work/engine-db" "$work/paced-db" \
-    "$work/none" "$work/runs"
+    "$work/quiet-db" "$work/none" "$work/runs"
 nginx_conf "$work/mock" 4096 "    server {
         listen 127.0.0.1:$p_mock backlog=4096;
 $(cat "$work/mock.conf")
@@ -287,6 +291,8 @@ route_db() { # DIR ENDPOINT
 route_db "$work/route-db" "http://127.0.0.1:$p_mock/v1"
 route_db "$work/engine-db" "http://127.0.0.1:$p_mock/v1"
 route_db "$work/paced-db" "http://127.0.0.1:$p_paced/v1"
+route_db "$work/quiet-db" "http://127.0.0.1:$p_mock/v1"
+"$bin" -database "$work/quiet-db/db.sqlite" -set access_log=0 >/dev/null
 # Room for every idle stream whatever the fd limit (the default max_connections is 10,000).
 "$bin" -database "$work/paced-db/db.sqlite" -set "max_connections=$((streams + 1000))" >/dev/null
 # warn: no log line per request, as nginx and HAProxy run with their access logs off.
@@ -298,6 +304,7 @@ start nginx "${proxy_core[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf
 start haproxy "${proxy_core[@]}" haproxy -db -f "$work/haproxy.cfg"
 start route "${proxy_core[@]}" "$bin" -database "$work/route-db/db.sqlite" -addr "127.0.0.1:$p_route" -scripts "$work/none"
 start engine "${proxy_core[@]}" "$bin" -database "$work/engine-db/db.sqlite" -addr "127.0.0.1:$p_engine" -scripts "$here/engine_scripts"
+start quiet "${proxy_core[@]}" "$bin" -database "$work/quiet-db/db.sqlite" -addr "127.0.0.1:$p_quiet" -scripts "$work/none"
 start route_paced "${proxy_core[@]}" "$bin" -database "$work/paced-db/db.sqlite" -addr "127.0.0.1:$p_route_paced" -scripts "$work/none"
 wait_port "$p_mock" mock
 wait_port "$p_paced" paced
@@ -305,12 +312,13 @@ wait_port "$p_nginx" nginx
 wait_port "$p_haproxy" haproxy
 wait_port "$p_route" route
 wait_port "$p_engine" engine
+wait_port "$p_quiet" quiet
 wait_port "$p_route_paced" route_paced
 
-targets=(direct nginx haproxy route engine)
-declare -A port=([direct]=$p_mock [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route [engine]=$p_engine)
+targets=(direct nginx haproxy route quiet engine)
+declare -A port=([direct]=$p_mock [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route [quiet]=$p_quiet [engine]=$p_engine)
 # The process whose CPU and memory count: the nginx worker, not its master.
-declare -A measured=([nginx]="" [haproxy]=${pid[haproxy]} [route]=${pid[route]} [engine]=${pid[engine]})
+declare -A measured=([nginx]="" [haproxy]=${pid[haproxy]} [route]=${pid[route]} [quiet]=${pid[quiet]} [engine]=${pid[engine]})
 child_of() { # PID: the first process whose parent is PID (from /proc: no procps needed)
     local d
     for d in /proc/[0-9]*; do
@@ -326,7 +334,7 @@ done
 [ -n "${measured[nginx]}" ] || { echo "bench.sh: no nginx worker under PID ${pid[nginx]}" >&2; exit 1; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-for t in nginx haproxy route engine; do
+for t in nginx haproxy route quiet engine; do
     echo "idle_kib=$(status_kib "${measured[$t]}" VmRSS)" >"$work/runs/mem.$t"
 done
 
@@ -377,7 +385,7 @@ for r in $(seq "$rounds"); do
     done
     echo "bench.sh: round $r of $rounds done" >&2
 done
-for t in nginx haproxy route engine; do
+for t in nginx haproxy route quiet engine; do
     echo "hwm_kib=$(status_kib "${measured[$t]}" VmHWM)" >>"$work/runs/mem.$t"
 done
 

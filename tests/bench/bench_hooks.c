@@ -94,7 +94,7 @@ int main(void) {
     http.n_headers = 11;
     buf_appends(&http.body, body);
 
-    route_attempt_t attempt = {1, "http://127.0.0.1:9/v1", 200, NULL, 0, 0};
+    route_attempt_t attempt = {1, "http://127.0.0.1:9/v1", 200, NULL, 0, 0, 0};
     route_res_t res = {
         .status = 200,
         .upstream_id = 1,

@@ -13,12 +13,13 @@ import statistics
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "haproxy", "route", "engine"]
+TARGETS = ["direct", "nginx", "haproxy", "route", "quiet", "engine"]
 LABELS = {
     "direct": "direct to the mock (ceiling)",
     "nginx": "nginx `proxy_pass`, 1 worker, keepalive pool, `proxy_buffering off`",
     "haproxy": "HAProxy, `nbthread 1`, `http-reuse always`, `option http-no-delay`",
-    "route": "openai-api-route, default hooks + recording",
+    "route": "openai-api-route, default hooks + recording (+ metrics, access log)",
+    "quiet": "openai-api-route, the same with the access log off (`access_log=0`)",
     "engine": "openai-api-route, engine alone (hooks return at once, no records)",
 }
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -147,6 +148,13 @@ def main():
     errs = ", ".join("%s %d" % (t, n) for t, n in sockerr.items() if n)
     if errs:
         lines += ["", "wrk socket errors (all runs): " + errs]
+
+    lines += ["", "The access log's cost (same run): JSON %s, SSE %s of the throughput without it; "
+              "CPU per 10k JSON requests %s with it, %s without." % (
+                  ratio(rps["route", "json"], rps["quiet", "json"]),
+                  ratio(rps["route", "sse"], rps["quiet", "sse"]),
+                  fmt(m("c32", "route", "json", "cpu10k"), 3),
+                  fmt(m("c32", "quiet", "json", "cpu10k"), 3))]
 
     lines += ["", "## One connection (`wrk -t1 -c1`, JSON)", ""]
     d50, d99 = m("c1", "direct", "json", "p50"), m("c1", "direct", "json", "p99")

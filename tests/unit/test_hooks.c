@@ -664,8 +664,8 @@ static void test_on_response(void) {
     char id1[37];
     memcpy(id1, f->req.id, sizeof id1);
     route_attempt_t at[2] = {
-        {1, "http://a.example/v1", 503, "status 503", 1, 0},
-        {2, "http://b.example/v1", 200, NULL, 0, 0},
+        {1, "http://a.example/v1", 503, "status 503", 1, 0, 0},
+        {2, "http://b.example/v1", 200, NULL, 0, 0, 0},
     };
     route_res_t res = {
         .status = 200,
@@ -691,7 +691,7 @@ static void test_on_response(void) {
     f = fake_new("Bearer tok-one", "", NULL);
     char id2[37];
     memcpy(id2, f->req.id, sizeof id2);
-    route_attempt_t at2[1] = {{3, "http://c.example/v1", 0, "connect refused", 1, 0}};
+    route_attempt_t at2[1] = {{3, "http://c.example/v1", 0, "connect refused", 1, 0, 0}};
     route_res_t res2 = {.status = 502,
                         .error = "all upstreams failed: http://c.example/v1: connect refused",
                         .elapsed_ns = 5,
@@ -702,7 +702,7 @@ static void test_on_response(void) {
 
     /* A client abort counts nothing. */
     f = fake_new("Bearer tok-one", "{}", NULL);
-    route_attempt_t at3[1] = {{4, "http://d.example/v1", 200, NULL, 0, 0}};
+    route_attempt_t at3[1] = {{4, "http://d.example/v1", 200, NULL, 0, 0, 0}};
     route_res_t res3 = {.status = 200,
                         .upstream_id = 4,
                         .upstream_endpoint = "http://d.example/v1",
@@ -727,7 +727,7 @@ static void test_on_response(void) {
     f = fake_new("Bearer tok-one", "{\"model\":\"before\"}", "before");
     char id3[37];
     memcpy(id3, f->req.id, sizeof id3);
-    route_attempt_t at4[1] = {{2, "http://b.example/v1", 200, NULL, 0, 0}};
+    route_attempt_t at4[1] = {{2, "http://b.example/v1", 200, NULL, 0, 0, 0}};
     route_res_t res4 = {.status = 200,
                         .upstream_id = 2,
                         .upstream_endpoint = "http://b.example/v1",
