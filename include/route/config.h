@@ -25,6 +25,7 @@ typedef struct route_config {
     /* Records. */
     int64_t records_queue_max;
     int64_t records_queue_max_mb;
+    int64_t records_retention_days; /* 0: keep every row */
     int metrics_public;
     const char *policy;          /* "main" */
     const auth_tokens_t *tokens; /* parsed `authorization` */

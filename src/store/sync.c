@@ -1,6 +1,7 @@
 /* sync.c: the one-shot calls of the CLI, start-up and the admin API's work threads: upstream
- * add/update/delete/list, config get/set/list, the records listing, and consistent snapshots
- * for the loop (store_snapshot_read).
+ * add/update/delete/list, config get/set/list, the records listing (filtered, paged, or
+ * streamed row by row for -export), and consistent snapshots for the loop
+ * (store_snapshot_read).
  *
  * Owns: the sync connection and its mutex; the SQL of each call.
  * Must not: run on the event loop thread (every call may wait on the database lock for up to
@@ -164,16 +165,75 @@ static store_record_t *read_record(sqlite3_stmt *st) {
     return r;
 }
 
+/* julianday() of the instant, as SQLite computes it (whole milliseconds since the Julian
+ * epoch over 86400000), so a bound equals the julianday of a row written at that instant. */
+static double julian_day(int64_t wall_ns) {
+    int64_t ms = wall_ns / 1000000 + (wall_ns % 1000000 >= 500000);
+    return (double)(ms + 210866760000000LL) / 86400000.0;
+}
+
+/* A filter's WHERE clause, from fixed fragments only (the values are bound by bind_filter),
+ * each matching an index of schema.c: (model|status|upstream_id, julianday(created_at)). */
+static void filter_sql(const store_record_filter_t *f, char *sql, size_t cap) {
+    const char *conds[5];
+    size_t n = 0;
+    if (f && f->model) conds[n++] = "`model`=?";
+    if (f && f->has_status) conds[n++] = "`status`=?";
+    if (f && f->has_upstream_id) conds[n++] = "`upstream_id`=?";
+    if (f && f->has_since) conds[n++] = "julianday(`created_at`)>=?";
+    if (f && f->has_until) conds[n++] = "julianday(`created_at`)<?";
+    size_t len = 0;
+    sql[0] = '\0';
+    for (size_t i = 0; i < n && len < cap; i++)
+        len += (size_t)snprintf(sql + len, cap - len, "%s%s", i ? " AND " : " WHERE ", conds[i]);
+}
+
+/* Binds in filter_sql's order from parameter 1; returns the next index, or -1. */
+static int bind_filter(sqlite3_stmt *st, const store_record_filter_t *f) {
+    int i = 1, rc = SQLITE_OK;
+    if (f && f->model) rc = sqlite3_bind_text(st, i++, f->model, -1, SQLITE_STATIC);
+    if (f && f->has_status && rc == SQLITE_OK) rc = sqlite3_bind_int(st, i++, f->status);
+    if (f && f->has_upstream_id && rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, i++, f->upstream_id);
+    if (f && f->has_since && rc == SQLITE_OK)
+        rc = sqlite3_bind_double(st, i++, julian_day(f->since_ns));
+    if (f && f->has_until && rc == SQLITE_OK)
+        rc = sqlite3_bind_double(st, i++, julian_day(f->until_ns));
+    return rc == SQLITE_OK ? i : -1;
+}
+
+/* SELECT of the filtered rows in the listing's order (the instant, then insertion). */
+static sqlite3_stmt *prepare_filtered(sqlite3 *db, const store_record_filter_t *f,
+                                      const char *direction, int paged) {
+    char where[256], sql[1024];
+    filter_sql(f, where, sizeof where);
+    snprintf(sql, sizeof sql,
+             "SELECT " RECORD_COLUMNS " FROM `records`%s ORDER BY julianday(`created_at`) %s, "
+             "rowid %s%s",
+             where, direction, direction, paged ? " LIMIT ? OFFSET ?" : "");
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return NULL;
+    if (bind_filter(st, f) > 0) return st;
+    sqlite3_finalize(st);
+    return NULL;
+}
+
 int store_list_records(store_t *s, int limit, int offset, store_record_t ***out, size_t *n) {
+    return store_query_records(s, NULL, limit, offset, out, n);
+}
+
+int store_query_records(store_t *s, const store_record_filter_t *f, int limit, int offset,
+                        store_record_t ***out, size_t *n) {
     *out = NULL;
     *n = 0;
     size_t cap = 0;
     pthread_mutex_lock(&s->sync_mu);
-    sqlite3_stmt *st = store_query(s->sync_db,
-                                   "SELECT " RECORD_COLUMNS " FROM `records` ORDER BY "
-                                   "julianday(`created_at`) DESC, rowid DESC LIMIT ? OFFSET ?",
-                                   "ii", (int64_t)limit, (int64_t)offset);
-    int rc = st ? SQLITE_ROW : SQLITE_ERROR;
+    sqlite3_stmt *st = prepare_filtered(s->sync_db, f, "DESC", 1);
+    int next = st ? sqlite3_bind_parameter_count(st) - 1 : 0;
+    int rc = st && sqlite3_bind_int64(st, next, limit) == SQLITE_OK &&
+                     sqlite3_bind_int64(st, next + 1, offset) == SQLITE_OK
+                 ? SQLITE_ROW
+                 : SQLITE_ERROR;
     while (rc == SQLITE_ROW && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (*n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -192,6 +252,23 @@ int store_list_records(store_t *s, int limit, int offset, store_record_t ***out,
     free(*out);
     *out = NULL;
     return STORE_ERROR;
+}
+
+int store_each_record(store_t *s, const store_record_filter_t *f,
+                      int (*fn)(void *ud, const store_record_t *r), void *ud) {
+    pthread_mutex_lock(&s->sync_mu);
+    sqlite3_stmt *st = prepare_filtered(s->sync_db, f, "ASC", 0);
+    int rc = st ? SQLITE_ROW : SQLITE_ERROR;
+    while (rc == SQLITE_ROW && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        store_record_t *r = read_record(st);
+        int stop = !r || fn(ud, r);
+        store_record_free(r);
+        if (!r) rc = SQLITE_NOMEM;
+        if (stop) break;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->sync_mu);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? STORE_OK : STORE_ERROR;
 }
 
 store_snapshot_t *store_snapshot_read(store_t *s) {

@@ -488,6 +488,7 @@ static void *writer_main(void *arg) {
         report_drops(s, dropped, max, now, stop);
         if (stop) break;
         if (polling && (now = util_now_mono_ns()) >= s->next_poll_ns) poll_changes(s, now);
+        if (polling) store_retention_run(s, util_now_mono_ns());
     }
     return NULL;
 }
