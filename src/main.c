@@ -111,6 +111,9 @@ int main(int argc, char **argv) {
     int rc = cli_parse(argc, argv, &opts, stdout, stderr);
     if (rc == CLI_HELP) return 0;
     if (rc != CLI_OK) return 2;
+    /* -check reports every problem itself, in one line each: the log lines of what it loads
+     * (hooks loaded, a bad config value's warning) would only repeat or bury them. */
+    if (opts.check && !level) route_log_set_level(LOG_ERROR);
     rc = cli_run_oneshot(&opts, stdout, stderr);
     if (rc >= 0) return rc;
 
