@@ -183,6 +183,8 @@ void store_writer_free(store_t *s);
 void store_writer_enqueue_config(store_t *s, config_item_t *it);
 int store_writer_fold(store_t *s, int64_t upstream_id, int success, int64_t at);
 void store_writer_enqueue_record(store_t *s, store_record_t *r);
+/* After a commit on writer_db: a PASSIVE checkpoint once the WAL is past its bound. */
+void store_writer_checkpoint_if_due(store_t *s);
 
 /* ---- retention.c (writer thread, between batches) ---- */
 void store_retention_run(store_t *s, int64_t now_mono_ns);

@@ -360,6 +360,10 @@ static void finish_batch(store_t *s, batch_t *b) {
     if (!rc) s->written_total += b->n_records;
     pthread_mutex_unlock(&s->queue_mu);
 
+    store_writer_checkpoint_if_due(s);
+}
+
+void store_writer_checkpoint_if_due(store_t *s) {
     if (s->wal_pages >= s->wal_checkpoint_pages) {
         /* PASSIVE never waits on a reader; the next write restarts the WAL once it is all in
          * the database file. */
