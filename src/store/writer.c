@@ -1,6 +1,7 @@
 /* writer.c: the writer thread: everything the loop queues (records, counter bumps, config
  * values) goes to the database in group commits, and, between batches, the poll that notices
- * other connections' commits and hands a fresh snapshot to the loop.
+ * other connections' commits and hands a fresh snapshot to the loop, and the deletes of
+ * records_retention_days (retention.c).
  *
  * Group commit: each pass takes whatever is queued (up to WRITE_BATCH_MAX rows), the bumps
  * folded per upstream since the last pass, and the config values, and writes them in one
