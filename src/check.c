@@ -61,8 +61,7 @@ static void check_tls(check_t *c, const route_options_t *opts, tls_config_t **cl
     err = NULL;
     if (opts->tls_cert) {
         tls_config_t *server = tls_server_config_new(opts->tls_cert, opts->tls_key, &err);
-        if (!server)
-            problem(c, "-tls-cert/-tls-key: %s", err ? err : "cannot load");
+        if (!server) problem(c, "-tls-cert/-tls-key: %s", err ? err : "cannot load");
         tls_config_free(server);
         free(err);
     }
@@ -149,7 +148,8 @@ int cli_run_check(const route_options_t *opts, FILE *out, FILE *err) {
         return 1;
     }
     if (missing)
-        fprintf(out, "check ok: scripts %s; database %s does not exist yet (the start creates it)\n",
+        fprintf(out,
+                "check ok: scripts %s; database %s does not exist yet (the start creates it)\n",
                 script, opts->database);
     else
         fprintf(out, "check ok: scripts %s; database %s, %d config key(s) valid\n", script,

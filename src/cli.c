@@ -99,7 +99,8 @@ static int parse_bool(const char *s, int *v) {
 static int check_oneshot_flags(const route_options_t *opts, FILE *err, const char *argv0) {
     int64_t ns;
     if (opts->check && (opts->add || opts->set || opts->list || opts->export_path))
-        return usage_error(err, argv0, "-check cannot be combined with -add, -set, -list or -export");
+        return usage_error(err, argv0,
+                           "-check cannot be combined with -add, -set, -list or -export");
     if (opts->export_path && (opts->add || opts->set || opts->list))
         return usage_error(err, argv0, "-export cannot be combined with -add, -set or -list");
     if (!opts->export_path && (opts->since || opts->model))

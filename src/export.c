@@ -59,8 +59,8 @@ static int export_row(void *ud, const store_record_t *r) {
     if (skip < 0) {
         /* NULL also when the text is not UTF-8 (jansson checks): out of memory is not told
          * apart, and would be the least of the process's troubles. */
-        json_t *reply = json_pack("{s:s,s:s%}", "role", "assistant", "content", r->response,
-                                  r->response_len);
+        json_t *reply =
+            json_pack("{s:s,s:s%}", "role", "assistant", "content", r->response, r->response_len);
         if (reply && json_array_append_new(messages, reply) == 0)
             line = json_pack("{s:O}", "messages", messages);
         if (!line) skip = SKIP_INVALID;
@@ -126,8 +126,8 @@ int cli_run_export(const route_options_t *opts, FILE *out, FILE *err) {
         if (!x.write_errno && fflush(x.f) != 0) x.write_errno = errno ? errno : EIO;
         if (!to_stdout && fclose(x.f) != 0 && !x.write_errno) x.write_errno = errno ? errno : EIO;
         if (x.write_errno)
-            fprintf(err, "-export: writing %s failed: %s\n", to_stdout ? "stdout" : opts->export_path,
-                    strerror(x.write_errno));
+            fprintf(err, "-export: writing %s failed: %s\n",
+                    to_stdout ? "stdout" : opts->export_path, strerror(x.write_errno));
         else if (read_rc != STORE_OK)
             fprintf(err, "-export: reading the records of %s failed\n", opts->database);
         else
