@@ -122,6 +122,11 @@ static void check_scripts(check_t *c, const route_options_t *opts, store_t *stor
     if (!h) problem(c, "scripts: %s", err ? err : "out of memory");
     free(err);
     hooks_free(h);
+    /* What a script started at load (a route.http_post) ends by itself, within its timeout:
+     * closing its handles under it would close them twice. Then the idle connections go. */
+    do
+        upstream_pool_close_idle(ctx.pool);
+    while (uv_run(&loop, UV_RUN_ONCE));
     uv_walk(&loop, close_handle, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     upstream_pool_free(ctx.pool);

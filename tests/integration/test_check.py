@@ -169,3 +169,15 @@ def test_check_is_a_command_of_its_own(binary, tmp_path):
 def test_help_lists_check(binary):
     r = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "-check" in r.stdout
+
+
+def test_a_post_made_at_load_finishes_first(binary, tmp_path, mock):
+    """A script that posts (a webhook) while it loads: -check lets the post end, then exits
+    cleanly (it once closed the post's handles under it)."""
+    seed(binary, tmp_path)
+    write_script(tmp_path, "assert(route.http_post(%r, '{}', {}))\nreturn {}\n"
+                 % (mock.endpoint() + "/hook"))
+    r = run(binary, tmp_path, "-check")
+    assert r.returncode == 0, r.stderr
+    routetest.wait_until(lambda: any(q.path.endswith("/hook") for q in mock.requests),
+                         timeout=5, message="the post at load")
