@@ -1,7 +1,8 @@
 /* admin.c: the /admin API (login, upstream CRUD, request records, reload) and the /metrics
  * endpoint, with their Bearer-token check.
  *
- * Owns: admin routing, the JSON shapes the Go program's admin API emitted, and moving every
+ * Owns: admin routing, the JSON shapes the Go program's admin API emitted, the records query's
+ * parameters (limit, offset and the filters, validated before any store call), and moving every
  * store call onto libuv's thread pool.
  * Must not: call a store_* function that touches SQLite on the loop thread (only the
  * store_loop_* cache), touch a request's arena from a work thread, or log a key or a token. */
@@ -30,6 +31,7 @@
 
 #define RECORDS_DEFAULT_LIMIT 100
 #define RECORDS_MAX_LIMIT     1000
+#define RECORDS_MODEL_MAX     256
 
 static const char BAD_REQUEST[] = "invalid_request_error";
 static const char SERVER_ERROR[] = "server_error";
@@ -103,6 +105,8 @@ typedef struct admin_job {
     job_kind_t kind;
     int64_t id;
     int limit, offset;
+    store_record_filter_t filter; /* its model points at model */
+    char model[RECORDS_MODEL_MAX + 1];
 
     int status; /* 200: `out` is the body; else error_msg */
     char error_msg[256];
@@ -172,7 +176,8 @@ static void job_list_upstreams(admin_job_t *job) {
 static void job_list_records(admin_job_t *job) {
     store_record_t **records = NULL;
     size_t n = 0;
-    if (store_list_records(job->store, job->limit, job->offset, &records, &n) != STORE_OK) {
+    if (store_query_records(job->store, &job->filter, job->limit, job->offset, &records, &n) !=
+        STORE_OK) {
         job_fail(job, 500, "cannot read records");
         return;
     }
@@ -400,11 +405,99 @@ static int query_number(const char *v, size_t vlen, int64_t max, int *out) {
     return 0;
 }
 
-/* limit (capped at RECORDS_MAX_LIMIT) and offset from the query. Returns 0, or -1 with the
- * offending parameter in *bad. */
-static int parse_records_query(const char *query, int *limit, int *offset, const char **bad) {
-    *limit = RECORDS_DEFAULT_LIMIT;
-    *offset = 0;
+static int hex_digit(char c) {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Percent-decodes v[0..n) into out (NUL-terminated, at most cap - 1 bytes); '+' is a space
+ * when plus_is_space (form encoding, as Go's url.ParseQuery reads it). -1: a bad escape, a
+ * NUL, or too long. */
+static int query_decode(const char *v, size_t n, int plus_is_space, char *out, size_t cap) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)v[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hex_digit(v[i + 1]) : -1, lo = hi >= 0 ? hex_digit(v[i + 2]) : -1;
+            if (lo < 0) return -1;
+            c = hi * 16 + lo;
+            i += 2;
+        } else if (c == '+' && plus_is_space) {
+            c = ' ';
+        }
+        if (c == 0 || o + 1 >= cap) return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* A time as -since takes it (RFC 3339, the database's text, YYYY-MM-DD as midnight UTC). A '+'
+ * is the offset's sign unless the value only parses with it as a form-encoded space. */
+static int query_time(const char *v, size_t n, int64_t *ns) {
+    char text[64];
+    if (query_decode(v, n, 0, text, sizeof text) != 0) return -1;
+    if (util_parse_db_time(text, ns) == 0) return 0;
+    if (query_decode(v, n, 1, text, sizeof text) != 0) return -1;
+    return util_parse_db_time(text, ns);
+}
+
+typedef struct records_query {
+    int limit, offset;
+    store_record_filter_t filter; /* its model points at model */
+    char model[RECORDS_MODEL_MAX + 1];
+} records_query_t;
+
+/* One parameter of the records query into q; -1 when its value is bad. An empty value is as
+ * good as an absent one; unknown parameters are ignored, as they were. */
+static int records_param(records_query_t *q, const char *k, size_t klen, const char *v,
+                         size_t vlen) {
+    store_record_filter_t *f = &q->filter;
+    int64_t x;
+#define KEY(name) (klen == sizeof(name) - 1 && memcmp(k, name, klen) == 0)
+    if (vlen == 0) return 0;
+    if (KEY("limit")) return query_number(v, vlen, RECORDS_MAX_LIMIT, &q->limit);
+    if (KEY("offset")) return query_number(v, vlen, INT_MAX, &q->offset);
+    if (KEY("model")) {
+        if (query_decode(v, vlen, 1, q->model, sizeof q->model) != 0) return -1;
+        f->model = q->model;
+    } else if (KEY("status")) {
+        if (parse_int(v, vlen, 0, 999, &x) != 0) return -1;
+        f->has_status = 1;
+        f->status = (int)x;
+    } else if (KEY("upstream_id")) {
+        if (parse_int(v, vlen, 0, INT64_MAX, &f->upstream_id) != 0) return -1;
+        f->has_upstream_id = 1;
+    } else if (KEY("since")) {
+        if (query_time(v, vlen, &f->since_ns) != 0) return -1;
+        f->has_since = 1;
+    } else if (KEY("until")) {
+        if (query_time(v, vlen, &f->until_ns) != 0) return -1;
+        f->has_until = 1;
+    }
+#undef KEY
+    return 0;
+}
+
+static const struct {
+    const char *name, *want;
+} records_params[] = {
+    {"limit", "a whole number >= 0"},
+    {"offset", "a whole number >= 0"},
+    {"model", "a model name of at most 256 bytes, percent-encoded"},
+    {"status", "an HTTP status, 0 to 999"},
+    {"upstream_id", "an upstream id, a whole number >= 0"},
+    {"since", "RFC 3339 (2024-05-01T12:00:00Z, offset as %2B08:00) or YYYY-MM-DD"},
+    {"until", "RFC 3339 (2024-05-01T12:00:00Z, offset as %2B08:00) or YYYY-MM-DD"},
+};
+
+/* limit (capped at RECORDS_MAX_LIMIT), offset and the filters from the query. Returns 0, or
+ * -1 with a message naming the offending parameter in bad. */
+static int parse_records_query(const char *query, records_query_t *q, char *bad, size_t cap) {
+    memset(q, 0, sizeof *q);
+    q->limit = RECORDS_DEFAULT_LIMIT;
     for (const char *p = query; p && *p;) {
         const char *amp = strchr(p, '&');
         size_t n = amp ? (size_t)(amp - p) : strlen(p);
@@ -412,14 +505,12 @@ static int parse_records_query(const char *query, int *limit, int *offset, const
         size_t klen = eq ? (size_t)(eq - p) : n;
         const char *v = eq ? eq + 1 : p + n;
         size_t vlen = (size_t)(p + n - v);
-        if (klen == 5 && memcmp(p, "limit", 5) == 0 &&
-            query_number(v, vlen, RECORDS_MAX_LIMIT, limit) != 0) {
-            *bad = "limit";
-            return -1;
-        }
-        if (klen == 6 && memcmp(p, "offset", 6) == 0 &&
-            query_number(v, vlen, INT_MAX, offset) != 0) {
-            *bad = "offset";
+        if (records_param(q, p, klen, v, vlen) != 0) {
+            for (size_t i = 0; i < sizeof records_params / sizeof *records_params; i++)
+                if (strlen(records_params[i].name) == klen &&
+                    memcmp(records_params[i].name, p, klen) == 0)
+                    snprintf(bad, cap, "invalid %s: want %s", records_params[i].name,
+                             records_params[i].want);
             return -1;
         }
         p = amp ? amp + 1 : p + n;
@@ -473,22 +564,23 @@ static void route_records(http_request_t *req) {
         respond_method_not_allowed(req, "GET");
         return;
     }
-    int limit, offset;
-    const char *bad = NULL;
-    if (parse_records_query(http_request_query(req), &limit, &offset, &bad) != 0) {
-        char msg[64];
-        snprintf(msg, sizeof(msg), "invalid %s", bad);
-        http_respond_error(req, 400, BAD_REQUEST, msg);
+    records_query_t q;
+    char bad[160];
+    if (parse_records_query(http_request_query(req), &q, bad, sizeof bad) != 0) {
+        http_respond_error(req, 400, BAD_REQUEST, bad);
         return;
     }
-    if (limit == 0) {
+    if (q.limit == 0) {
         http_respond_json(req, 200, "[]\n", 3);
         return;
     }
     admin_job_t *job = new_job(req, JOB_LIST_RECORDS);
     if (!job) return;
-    job->limit = limit;
-    job->offset = offset;
+    job->limit = q.limit;
+    job->offset = q.offset;
+    job->filter = q.filter;
+    memcpy(job->model, q.model, sizeof job->model);
+    if (q.filter.model) job->filter.model = job->model;
     queue_job(req, job);
 }
 

@@ -1,6 +1,7 @@
 /* cli.c: the command line with Go `flag` semantics (the Go program's flags must keep
  * working), its usage text, the listen-address split, and the one-shot commands -add, -set
- * and -list. It never exits the process itself (main decides), and never starts the server.
+ * and -list (and the dispatch to -check, check.c, and -export, export.c). It never exits the
+ * process itself (main decides), and never starts the server.
  * The one-shots print keys and tokens in full on purpose: they are the operator's own view
  * of their own database; nothing here goes to the log. */
 #include "route/cli.h"
@@ -31,19 +32,28 @@ static const struct flag {
     S("addr", "string", ":8888", addr, "listen address: host:port, :port or [::1]:port"),
     S("ca-file", "string", NULL, ca_file,
       "CA certificates (PEM) for upstream TLS; the system bundle when not given"),
+    B("check", check,
+      "check the scripts, the database's config values and the TLS files, then exit: 0 and one "
+      "line when all is well, else each problem and 1 (nothing is written)"),
     S("database", "string", "./db.sqlite", database,
       "SQLite database file, created with the schema if missing"),
     S("endpoint", "string", "https://api.openai.com/v1", endpoint, "upstream base URL for -add"),
+    S("export", "file", NULL, export_path,
+      "write the recorded chat exchanges as fine-tuning JSON Lines to file (- for stdout), then "
+      "exit; see -since and -model"),
     {"h", NULL, NULL, "print this usage and exit (also -help)", FLAG_HELP, 0},
     {"help", NULL, NULL, NULL, FLAG_HELP, 0},
     B("list", list, "print the upstreams and the config, then exit"),
     S("log-format", "string", "text", log_format,
       "lines on stderr (access log and messages): text or json (one JSON object per line)"),
+    S("model", "name", NULL, model, "-export only the records of this model"),
     B("noauth", noauth, "do not check the client's Authorization on /v1/* (admin stays protected)"),
     S("scripts", "string", "./scripts", scripts,
       "folder with route.lua; the built-in hooks where it is missing"),
     S("set", "key=value", NULL, set,
       "write a config key (e.g. policy=round_robin, authorization=tok) and exit"),
+    S("since", "time", NULL, since,
+      "-export only the records created at or after time (RFC 3339, or YYYY-MM-DD: midnight UTC)"),
     S("sk", "string", NULL, sk, "upstream API key for -add (sk-xxxxx)"),
     S("tls-cert", "string", NULL, tls_cert, "certificate file (PEM): serve HTTPS; needs -tls-key"),
     S("tls-key", "string", NULL, tls_key, "private key file (PEM) for -tls-cert"),
@@ -85,6 +95,26 @@ static int parse_bool(const char *s, int *v) {
         if (strcmp(s, falsy[i]) == 0) return *v = 0, 0;
     }
     return -1;
+}
+
+/* -check and -export are commands of their own; -since and -model only filter -export. */
+static int check_oneshot_flags(const route_options_t *opts, FILE *err, const char *argv0) {
+    int64_t ns;
+    if (opts->check && (opts->add || opts->set || opts->list || opts->export_path))
+        return usage_error(err, argv0,
+                           "-check cannot be combined with -add, -set, -list or -export");
+    if (opts->export_path && (opts->add || opts->set || opts->list))
+        return usage_error(err, argv0, "-export cannot be combined with -add, -set or -list");
+    if (!opts->export_path && (opts->since || opts->model))
+        return usage_error(err, argv0, "-since and -model filter -export; -export is missing");
+    if (opts->export_path && !*opts->export_path)
+        return usage_error(err, argv0, "-export needs a file name (- for stdout)");
+    if (opts->since && util_parse_db_time(opts->since, &ns) != 0)
+        return usage_error(err, argv0,
+                           "invalid value \"%s\" for flag -since: want RFC 3339 "
+                           "(2024-05-01T12:00:00+08:00) or YYYY-MM-DD",
+                           opts->since);
+    return CLI_OK;
 }
 
 int cli_parse(int argc, char **argv, route_options_t *opts, FILE *out, FILE *err) {
@@ -131,7 +161,7 @@ int cli_parse(int argc, char **argv, route_options_t *opts, FILE *out, FILE *err
         fprintf(err, "-tls-cert and -tls-key must be given together\n");
         return CLI_USAGE_ERROR;
     }
-    return CLI_OK;
+    return check_oneshot_flags(opts, err, argv0);
 }
 
 int cli_split_addr(const char *addr, char *host, size_t host_cap, int *port) {
@@ -264,6 +294,8 @@ static int run_set(store_t *s, const char *key, const char *value, FILE *out, FI
 /* Each one asked for runs, in the order add, set, list (so -set k=v -list shows the result),
  * stopping at the first that fails. */
 int cli_run_oneshot(const route_options_t *opts, FILE *out, FILE *err) {
+    if (opts->check) return cli_run_check(opts, out, err);
+    if (opts->export_path) return cli_run_export(opts, out, err);
     if (!opts->add && !opts->set && !opts->list) return -1;
     if (opts->add && (!opts->sk || !*opts->sk)) {
         fprintf(err, "-add needs -sk\n");

@@ -44,6 +44,7 @@ static const key_spec_t keys[] = {
     {"hook_time_limit_ms", T_MILLIS, OFF(hook_time_limit_ms), 1, 3600000, 50, NULL},
     {"records_queue_max", T_INT, OFF(records_queue_max), 1, 100000000, 100000, NULL},
     {"records_queue_max_mb", T_INT, OFF(records_queue_max_mb), 1, 1048576, 64, NULL},
+    {"records_retention_days", T_INT, OFF(records_retention_days), 0, 36500, 0, NULL},
     {"metrics_public", T_BOOL, OFF(metrics_public), 0, 1, 0, NULL},
     {"access_log", T_BOOL, OFF(access_log), 0, 1, 1, NULL},
     {"policy", T_STRING, OFF(policy), 0, 0, 0, "main"},
@@ -217,6 +218,7 @@ static const route_config_t compiled_defaults = {
     .hook_time_limit_ms = 50,
     .records_queue_max = 100000,
     .records_queue_max_mb = 64,
+    .records_retention_days = 0,
     .metrics_public = 0,
     .access_log = 1,
     .policy = "main",
@@ -290,5 +292,6 @@ const route_config_t *config_current(struct route_ctx *ctx) {
     if (ctx->store)
         store_loop_set_records_queue_max(ctx->store, (size_t)c->records_queue_max,
                                          (size_t)c->records_queue_max_mb << 20);
+    if (ctx->store) store_loop_set_records_retention(ctx->store, c->records_retention_days);
     return c;
 }

@@ -113,6 +113,9 @@ int main(int argc, char **argv) {
     if (rc == CLI_HELP) return 0;
     if (rc != CLI_OK) return 2;
     route_log_set_json(strcmp(opts.log_format, "json") == 0);
+    /* -check reports every problem itself, in one line each: the log lines of what it loads
+     * (hooks loaded, a bad config value's warning) would only repeat or bury them. */
+    if (opts.check && !level) route_log_set_level(LOG_ERROR);
     rc = cli_run_oneshot(&opts, stdout, stderr);
     if (rc >= 0) return rc;
 

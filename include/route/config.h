@@ -25,6 +25,7 @@ typedef struct route_config {
     /* Records. */
     int64_t records_queue_max;
     int64_t records_queue_max_mb;
+    int64_t records_retention_days; /* 0: keep every row */
     int metrics_public;
     int access_log;              /* 1: one line per request on stderr */
     const char *policy;          /* "main" */

@@ -101,6 +101,30 @@ int store_config_each(store_t *s, void (*fn)(void *ud, const char *key, const ch
 /* Newest first. Fills out[] (caller frees with store_record_free each). */
 int store_list_records(store_t *s, int limit, int offset, store_record_t ***out, size_t *n);
 
+/* Which rows a records query returns: each has_* field turns its condition on; all off is
+ * every row. Values are bound as parameters, never spliced into the SQL. Times compare as
+ * instants (rows written under different UTC offsets order correctly). */
+typedef struct store_record_filter {
+    const char *model; /* exact `model`; NULL: any */
+    int has_status, has_upstream_id, has_since, has_until;
+    int status;
+    int64_t upstream_id;        /* 0: the rows no upstream answered (500s before any) */
+    int64_t since_ns, until_ns; /* wall ns: created_at >= since, created_at < until */
+} store_record_filter_t;
+/* store_list_records with a filter (NULL: none): a page of the newest matching rows. */
+int store_query_records(store_t *s, const store_record_filter_t *f, int limit, int offset,
+                        store_record_t ***out, size_t *n);
+/* Every matching row, oldest first, through one statement (never all rows in memory): fn sees
+ * each (valid during the call only) and returns nonzero to stop early. Holds the sync
+ * connection throughout: for the CLI. STORE_OK, or STORE_ERROR on a read error. */
+int store_each_record(store_t *s, const store_record_filter_t *f,
+                      int (*fn)(void *ud, const store_record_t *r), void *ud);
+
+/* Opens an existing database read-only for -check: no file, schema, migration or writer is
+ * created; the loop cache holds its config and upstreams (store_loop_config works), and the
+ * sync reads work. Writes through it are never made. NULL with a malloc'd *err otherwise. */
+store_t *store_open_readonly(const char *path, char **err);
+
 /* A consistent read of the live config and upstreams as committed now, ordered against every
  * other snapshot of this store_t, with the counter bumps and config writes it already holds.
  * Blocking; NULL when out of memory or on a read error. The admin API reads one after a change
@@ -151,6 +175,9 @@ void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success);
  * they hold (records_queue_max_mb, default 64 MiB); at least 1 each. The writer holds at most
  * one batch (WRITE_BATCH_MAX rows) outside these while it writes it. */
 void store_loop_set_records_queue_max(store_t *s, size_t max_rows, size_t max_bytes);
+/* Config key records_retention_days (0: keep every row): the writer thread deletes rows older
+ * than that, in batches of at most 1,000 between its own batches (src/store/retention.c). */
+void store_loop_set_records_retention(store_t *s, int64_t days);
 
 /* Writer figures, for /metrics. Any thread. */
 typedef struct store_stats {

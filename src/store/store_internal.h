@@ -133,6 +133,11 @@ struct store {
     uint64_t dropped_total, written_total, external_reloads;
     pthread_t writer;
     int writer_started;
+
+    /* retention.c: the days under queue_mu (set by the loop); the schedule, writer only. */
+    int64_t retention_days;
+    int64_t retention_next_ns, retention_pass_deleted, retention_pass_batches;
+    log_limiter_t retention_log;
 };
 
 /* ---- schema.c: connections, SQL helpers, rows ---- */
@@ -178,5 +183,10 @@ void store_writer_free(store_t *s);
 void store_writer_enqueue_config(store_t *s, config_item_t *it);
 int store_writer_fold(store_t *s, int64_t upstream_id, int success, int64_t at);
 void store_writer_enqueue_record(store_t *s, store_record_t *r);
+/* After a commit on writer_db: a PASSIVE checkpoint once the WAL is past its bound. */
+void store_writer_checkpoint_if_due(store_t *s);
+
+/* ---- retention.c (writer thread, between batches) ---- */
+void store_retention_run(store_t *s, int64_t now_mono_ns);
 
 #endif

@@ -1,6 +1,7 @@
 /* writer.c: the writer thread: everything the loop queues (records, counter bumps, config
  * values) goes to the database in group commits, and, between batches, the poll that notices
- * other connections' commits and hands a fresh snapshot to the loop.
+ * other connections' commits and hands a fresh snapshot to the loop, and the deletes of
+ * records_retention_days (retention.c).
  *
  * Group commit: each pass takes whatever is queued (up to WRITE_BATCH_MAX rows), the bumps
  * folded per upstream since the last pass, and the config values, and writes them in one
@@ -376,6 +377,10 @@ static void finish_batch(store_t *s, batch_t *b) {
     if (!rc) s->written_total += b->n_records;
     pthread_mutex_unlock(&s->queue_mu);
 
+    store_writer_checkpoint_if_due(s);
+}
+
+void store_writer_checkpoint_if_due(store_t *s) {
     if (s->wal_pages >= s->wal_checkpoint_pages) {
         /* PASSIVE never waits on a reader; the next write restarts the WAL once it is all in
          * the database file. */
@@ -504,6 +509,7 @@ static void *writer_main(void *arg) {
         report_drops(s, dropped, max, now, stop);
         if (stop) break;
         if (polling && (now = util_now_mono_ns()) >= s->next_poll_ns) poll_changes(s, now);
+        if (polling) store_retention_run(s, util_now_mono_ns());
     }
     return NULL;
 }

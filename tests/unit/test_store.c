@@ -90,7 +90,8 @@ static void test_schema(void) {
                           "type='index' AND name LIKE 'idx%' ORDER BY name)",
                           text, sizeof text),
                  "idx_config_kvs_deleted_at,idx_openai_upstreams_deleted_at,"
-                 "idx_records_created_at,idx_sk_endpoint") == 0);
+                 "idx_records_created_at,idx_records_model,idx_records_status,"
+                 "idx_records_upstream_id,idx_sk_endpoint") == 0);
     CHECK(strcmp(raw_text(path, "SELECT group_concat(name) FROM pragma_table_info('records')", text,
                           sizeof text),
                  "id,created_at,ip,body,response,elapsed_time,model,status,upstream_id,"
