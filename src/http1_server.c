@@ -46,7 +46,8 @@ struct server_conn {
     http_request_t *active;  /* being answered */
     http_headers_t hh;
     buf_t url;
-    int error_status; /* set by a callback that rejects the request */
+    int error_status;          /* set by a callback that rejects the request */
+    const char *error_message; /* its reason, static text (NULL: llhttp's) */
     int in_body;
 
     buf_t pending; /* bytes received but not parsed yet (pipelining) */
@@ -443,9 +444,111 @@ static void dispatch(server_conn_t *c, http_request_t *req) {
 
 /* ---------------------------------------------------------------- parsing */
 
+/* A request answered by closing: an HTTP/0.9 client could not read a status line. */
+#define REJECT_CLOSE (-1)
+
 static int reject(server_conn_t *c, int status) {
     c->error_status = status;
     return -1;
+}
+
+static int reject_why(server_conn_t *c, int status, const char *message) {
+    c->error_message = message;
+    return reject(c, status);
+}
+
+/* Hex digit value, or -1. */
+static int hex_value(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* 1 when the path, read as an upstream or any intermediary might read it (percent-decoded
+ * once, a backslash taken for a slash), has a "." or ".." segment. Such a path is refused
+ * rather than normalized: no SDK sends one, and every normalization that differs from the
+ * upstream's own is a way to reach a path outside /v1 with the upstream's key. */
+static int path_has_dot_segment(const char *path) {
+    size_t dots = 0, other = 0;
+    for (const char *p = path;; p++) {
+        char ch = *p;
+        if (ch == '%' && hex_value(p[1]) >= 0 && hex_value(p[2]) >= 0) {
+            ch = (char)(hex_value(p[1]) * 16 + hex_value(p[2]));
+            p += 2;
+        }
+        if (ch == '/' || ch == '\\' || ch == '\0') {
+            if (dots && dots <= 2 && !other) return 1;
+            if (!*p) return 0;
+            dots = other = 0;
+        } else if (ch == '.') {
+            dots++;
+        } else {
+            other++;
+        }
+    }
+}
+
+/* Transfer codings of the request: only "chunked", once, is understood; anything else (gzip,
+ * chunked) would be de-chunked and passed on without its coding. 0, or the status. */
+static int check_transfer_codings(server_conn_t *c, const http_request_t *req) {
+    int chunked = 0;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (strcmp(req->headers[i].name, "transfer-encoding") != 0) continue;
+        const char *v = req->headers[i].value;
+        while (*v) {
+            while (*v == ' ' || *v == '\t' || *v == ',')
+                v++;
+            const char *end = v;
+            while (*end && *end != ',')
+                end++;
+            size_t len = (size_t)(end - v);
+            while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+                len--;
+            if (len == 7 && strncasecmp(v, "chunked", 7) == 0) {
+                if (chunked++) return reject_why(c, 400, "transfer coding chunked applied twice");
+            } else if (len) {
+                return reject_why(c, 501, "transfer codings other than chunked are not supported");
+            }
+            v = end;
+        }
+    }
+    return 0;
+}
+
+/* The request target: origin-form (/v1/...), asterisk-form for OPTIONS, or absolute-form
+ * (http://host/v1/...), which RFC 9112 3.2.2 says a server must accept. Its authority is not
+ * ours to check or to act on: this is no forward proxy, so the request is answered by its path
+ * whatever host it names, exactly as the origin-form would be. Returns the origin-form part,
+ * or NULL (rejected). */
+static const char *request_origin_target(server_conn_t *c, http_request_t *req) {
+    const char *t = req->target;
+    if (t[0] == '/') return t;
+    if (req->method == HTTP_OPTIONS && strcmp(t, "*") == 0) return t;
+    const char *rest = NULL;
+    if (strncasecmp(t, "http://", 7) == 0)
+        rest = t + 7;
+    else if (strncasecmp(t, "https://", 8) == 0)
+        rest = t + 8;
+    if (!rest) {
+        reject_why(c, 400,
+                   req->method == HTTP_CONNECT
+                       ? "CONNECT is not supported: this is not a forward proxy"
+                       : "the request target must be a path (/v1/...) or an http URL");
+        return NULL;
+    }
+    const char *path = rest + strcspn(rest, "/?#");
+    if (path == rest) {
+        reject_why(c, 400, "the request target's URL has no host");
+        return NULL;
+    }
+    if (*path == '/') return path;
+    /* "http://host" or "http://host?q": the path is "/" */
+    char *origin = arena_alloc(&req->arena, strlen(path) + 2);
+    if (!origin) return NULL;
+    origin[0] = '/';
+    strcpy(origin + 1, path);
+    return origin;
 }
 
 static int headers_result(server_conn_t *c, int rc) {
@@ -498,8 +601,16 @@ static int on_headers_complete(llhttp_t *p) {
     req->method_name = llhttp_method_name(p->method);
     req->http_major = p->http_major;
     req->http_minor = p->http_minor;
+    if (req->http_major == 0) return reject(c, REJECT_CLOSE);
+    if (req->http_major != 1 || req->http_minor > 1)
+        return reject_why(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
     req->target = arena_strndup(&req->arena, c->url.data ? c->url.data : "", c->url.len);
     if (!req->target) return reject(c, 500);
+    char *origin = (char *)request_origin_target(c, req);
+    if (!origin) return c->error_status ? -1 : reject(c, 500);
+    if (origin != req->target &&
+        !(req->target = arena_strndup(&req->arena, origin, strlen(origin))))
+        return reject(c, 500);
     char *q = strchr(req->target, '?');
     if (q) {
         req->path = arena_strndup(&req->arena, req->target, (size_t)(q - req->target));
@@ -507,7 +618,10 @@ static int on_headers_complete(llhttp_t *p) {
     } else {
         req->path = req->target;
     }
-    if (req->target[0] != '/' && req->method != HTTP_OPTIONS) return reject(c, 400);
+    if (!req->path) return reject(c, 500);
+    if (path_has_dot_segment(req->path))
+        return reject_why(c, 400, "the request path has a dot-segment (. or ..)");
+    if (check_transfer_codings(c, req)) return -1;
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > HTTP_MAX_BODY_BYTES)
         return reject(c, 413);
     const route_header_t *expect = http_request_header(req, "expect");
@@ -578,13 +692,25 @@ static size_t conn_parse(server_conn_t *c, const char *data, size_t len, http_re
         c->in_body = 0;
         return used;
     }
-    int status = c->error_status ? c->error_status : 400;
-    const char *msg = status == 431   ? "request header block too large"
-                      : status == 413 ? "request body too large"
-                      : status == 500 ? "out of memory"
-                                      : llhttp_get_error_reason(&c->parser);
+    if (c->error_status == REJECT_CLOSE) {
+        conn_close(c);
+        return len;
+    }
+    /* llhttp says "Invalid HTTP version" for a well-formed one it does not know (HTTP/1.2),
+     * "Invalid minor version" and the like for a malformed one (HTTP/1.x): a 400. */
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    int unknown_version =
+        err == HPE_INVALID_VERSION && reason && strcmp(reason, "Invalid HTTP version") == 0;
+    int status = c->error_status ? c->error_status : unknown_version ? 505 : 400;
+    const char *msg = c->error_message ? c->error_message
+                      : status == 431  ? "request header block too large"
+                      : status == 413  ? "request body too large"
+                      : status == 500  ? "out of memory"
+                      : status == 505  ? "only HTTP/1.0 and HTTP/1.1 are supported"
+                                       : reason;
     char text[256];
-    snprintf(text, sizeof(text), "%s%s", status == 400 ? "malformed request: " : "",
+    snprintf(text, sizeof(text), "%s%s",
+             status == 400 && !c->error_message ? "malformed request: " : "",
              msg ? msg : "parse error");
     conn_reject(c, status, text);
     return len;
@@ -796,7 +922,21 @@ void http1_conn_start(server_t *srv, stream_t *stream) {
     conn_deadline(c, SLOW_HEADERS_MS);
 }
 
+/* 0 when llhttp was built loose (a system library): it then takes any two bytes after chunk
+ * data for the CRLF. Said once at start, so an operator knows the framing is not checked. */
+static int llhttp_checks_chunk_crlf(void) {
+    static const char probe[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXX";
+    llhttp_settings_t settings;
+    llhttp_t p;
+    llhttp_settings_init(&settings);
+    llhttp_init(&p, HTTP_REQUEST, &settings);
+    return llhttp_execute(&p, probe, sizeof(probe) - 1) != HPE_OK;
+}
+
 void http1_server_init(server_t *srv) {
+    if (!llhttp_checks_chunk_crlf())
+        route_log(LOG_WARN, "llhttp is built without LLHTTP_STRICT_MODE: chunk framing is "
+                            "parsed leniently");
     llhttp_settings_init(&srv->settings);
     srv->settings.on_message_begin = on_message_begin;
     srv->settings.on_url = on_url;
