@@ -53,6 +53,7 @@ struct server_conn {
     buf_t pending; /* bytes received but not parsed yet (pipelining) */
     size_t pending_off;
     int reading_stopped, processing, closing, shut_down;
+    int peer_eof;     /* the client shut its write side: answer what it sent, then close */
     int discarding;   /* answered before the request ended: drop what still arrives */
     size_t discarded; /* bytes dropped so far */
 
@@ -717,7 +718,7 @@ static size_t conn_parse(server_conn_t *c, const char *data, size_t len, http_re
 }
 
 static void conn_resume_reading(server_conn_t *c) {
-    if (c->reading_stopped && !c->closing && !c->shut_down &&
+    if (c->reading_stopped && !c->closing && !c->shut_down && !c->peer_eof &&
         c->pending.len - c->pending_off < PENDING_CAP) {
         c->reading_stopped = 0;
         stream_read_start(c->stream);
@@ -738,6 +739,15 @@ static void conn_process(server_conn_t *c) {
     if (c->pending_off >= c->pending.len) c->pending.len = c->pending_off = 0;
     c->processing = 0;
     if (c->closing || c->shut_down || c->write_failed) return;
+    if (c->peer_eof && !c->active) {
+        /* Everything the client sent before its FIN is answered; a request it left
+         * incomplete never will be. */
+        if (c->reading)
+            conn_close(c);
+        else
+            conn_shutdown(c);
+        return;
+    }
     if (!c->active && !c->reading) conn_deadline(c, KEEPALIVE_IDLE_MS);
     conn_resume_reading(c);
 }
@@ -785,6 +795,14 @@ static void on_stream_read(stream_t *s, ssize_t nread, const char *data, refbuf_
     if (nread < 0) {
         if (nread == UV_EPROTO)
             route_log(LOG_DEBUG, "TLS client %s: %s", c->client_ip, stream_error(s));
+        /* A FIN after a complete request is a half close (RFC 9112 9.6), not an abort: the
+         * client may still read the answer. Only a failed write or a reset ends it early. */
+        if (nread == UV_EOF && c->active && !c->write_failed && !c->discarding) {
+            c->peer_eof = 1;
+            stream_read_stop(c->stream);
+            c->reading_stopped = 0;
+            return;
+        }
         conn_close(c); /* aborts the active request, if any */
         return;
     }
