@@ -15,6 +15,7 @@
 
 #include "http_headers.h"
 #include "http_internal.h"
+#include "route/config.h"
 
 #define SLOW_HEADERS_MS   (30 * 1000)
 #define BODY_IDLE_MS      (60 * 1000)
@@ -59,12 +60,14 @@ struct server_conn {
 
     buf_t head; /* the active response's head, until it leaves with the first body bytes */
     int head_waiting, write_failed;
+    int send_watch; /* the timer checks that the client takes the bytes queued to it */
     server_conn_t *head_prev, *head_next;
 };
 
 static void conn_close(server_conn_t *c);
 static void conn_process(server_conn_t *c);
 static void on_conn_timer(uv_timer_t *t);
+static void conn_watch_send(server_conn_t *c);
 
 /* Every deadline of a connection wakes its timer within SLOW_HEADERS_MS, the shortest: the
  * next request's header deadline then finds the timer due soon enough, and a connection
@@ -160,6 +163,9 @@ void http_request_set_handler(http_request_t *req, void *data, http_request_cb o
 }
 void *http_request_handler_data(const http_request_t *req) {
     return req->handler_data;
+}
+const char *http_request_abort_reason(const http_request_t *req) {
+    return req->abort_reason ? req->abort_reason : "client disconnected";
 }
 
 const route_header_t *http_request_header(const http_request_t *req, const char *name) {
@@ -272,7 +278,10 @@ static int conn_send(server_conn_t *c, const uv_buf_t *bufs, unsigned n, refbuf_
     int rc = m ? stream_write(c->stream, all, m, ref) : 0;
     c->head.len = 0;
     if (c->head.cap > HEAD_KEEP) buf_free(&c->head);
-    if (rc != 0) conn_write_failed(c);
+    if (rc != 0)
+        conn_write_failed(c);
+    else
+        conn_watch_send(c);
     return rc;
 }
 
@@ -364,6 +373,7 @@ static void conn_shutdown(server_conn_t *c) {
     if (c->closing || c->shut_down) return;
     c->shut_down = 1;
     stream_shutdown(c->stream);
+    conn_watch_send(c); /* the last bytes must be taken too, or the FIN never leaves */
 }
 
 /* The connection is done with its active request. */
@@ -374,9 +384,13 @@ static void conn_request_finished(server_conn_t *c, http_request_t *req, int clo
     req->conn = NULL;
     http_request_release(req);
     if (close_after || c->srv->ctx->shutting_down) {
+        c->send_watch = 0; /* conn_shutdown watches the rest */
         conn_shutdown(c);
         return;
     }
+    /* What is still queued is bounded by the keep-alive idle time, or the next request's own
+     * watch. */
+    c->send_watch = 0;
     conn_process(c);
 }
 
@@ -821,6 +835,7 @@ static void on_stream_drain(stream_t *s) {
 
 static void on_stream_shutdown(stream_t *s) {
     server_conn_t *c = stream_data(s);
+    c->send_watch = 0;
     /* The answer is out; a client still sending gets LINGER_MS to finish and read it. */
     if (c->discarding && !c->closing) {
         conn_deadline(c, LINGER_MS);
@@ -836,10 +851,56 @@ static const stream_callbacks_t conn_stream_events = {
     .on_shutdown = on_stream_shutdown,
 };
 
+static uint64_t send_timeout_ms(server_conn_t *c) {
+    return (uint64_t)(config_current(c->srv->ctx)->send_timeout * 1000.0);
+}
+
+/* How often a waiting send is looked at: a quarter of the timeout, so a client is cut at most
+ * that much later than send_timeout after the last byte it took. */
+static uint64_t send_check_ms(uint64_t limit, uint64_t stalled) {
+    uint64_t every = limit / 4 < 250 ? 250 : limit / 4;
+    uint64_t left = limit > stalled ? limit - stalled : 1;
+    return left < every ? left : every;
+}
+
+/* Bytes wait for the client: from now on the timer checks that it takes some. */
+static void conn_watch_send(server_conn_t *c) {
+    if (c->send_watch || c->closing || stream_pending(c->stream) == 0) return;
+    uint64_t limit = send_timeout_ms(c);
+    if (!limit) return;
+    c->send_watch = 1;
+    conn_deadline(c, send_check_ms(limit, 0));
+}
+
+/* A client that took no byte for send_timeout is closed, its request aborted: otherwise it
+ * holds its connection and the upstream's forever, reading nothing. A slow reader that takes
+ * some bytes now and then is never cut. */
+static void conn_check_send(server_conn_t *c) {
+    uint64_t stalled = stream_send_stalled_ms(c->stream);
+    uint64_t limit = send_timeout_ms(c);
+    if (stream_pending(c->stream) == 0 || !limit) {
+        c->send_watch = 0;
+        return;
+    }
+    if (stalled < limit) {
+        conn_deadline(c, send_check_ms(limit, stalled));
+        return;
+    }
+    route_log_limited(&c->srv->send_timeout_log, LOG_INFO,
+                      "client %s took no bytes for %.0f s (send_timeout): closing it", c->client_ip,
+                      (double)limit / 1000.0);
+    if (c->active) c->active->abort_reason = "client send timeout";
+    conn_close(c);
+}
+
 static void on_conn_timer(uv_timer_t *t) {
     server_conn_t *c = t->data;
     if (!c->write_failed) {
         if (!deadline_due_early(t, &c->deadline, SLOW_HEADERS_MS, on_conn_timer)) return;
+        if (c->send_watch) {
+            conn_check_send(c);
+            return;
+        }
         if (c->active) return;
     }
     /* Slow headers, slow body, an idle keep-alive connection or a dead client: drop it. */

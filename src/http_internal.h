@@ -30,6 +30,7 @@ struct server {
     server_conn_t *free_conns; /* recycled connection objects, up to a ceiling */
     size_t n_free_conns;
     log_limiter_t accept_log, limit_log; /* per-connection warnings, rate-limited */
+    log_limiter_t send_timeout_log;
 };
 
 struct http_request {
@@ -56,6 +57,7 @@ struct http_request {
     int status;
 
     void *handler_data;
+    const char *abort_reason; /* static text, set before on_abort */
     http_request_cb on_abort;
     http_request_cb on_drain;
     http_request_t *next_free;

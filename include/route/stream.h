@@ -78,6 +78,9 @@ static inline int stream_write(stream_t *s, const uv_buf_t *bufs, unsigned n, re
 }
 /* Bytes handed over but not yet taken by the kernel. */
 size_t stream_pending(const stream_t *s);
+/* While bytes are pending: ms since the kernel last took any of them (as seen by the calls
+ * to this, so call it at least every few seconds while waiting). 0 when nothing is pending. */
+uint64_t stream_send_stalled_ms(stream_t *s);
 /* on_drain fires when pending falls to low after having exceeded high. */
 void stream_set_watermarks(stream_t *s, size_t high, size_t low);
 
