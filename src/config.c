@@ -192,6 +192,7 @@ route_config_t *config_parse(config_lookup_fn get, void *ud, config_warn_fn warn
             }
         }
         set_number(c, k, d);
+        if (v && k->offset == OFF(max_connections)) c->max_connections_set = 1;
     }
     return c;
 }
@@ -210,6 +211,7 @@ static const route_config_t compiled_defaults = {
     .timeout = 600,
     .stream_timeout = 30,
     .idle_timeout = 120,
+    .send_timeout = 60,
     .shutdown_grace = 30,
     .max_connections = 10000,
     .hook_instruction_budget = 10000000,

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define FREE_BUFS_MAX    16
 #define FREE_WRITES_MAX  1024
@@ -500,6 +501,28 @@ stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *
     if (!s) return NULL;
     if (uv_accept(listener, (uv_stream_t *)&s->tcp) != 0 ||
         (tls && !(s->tls = tls_conn_new(tls, NULL, NULL)))) {
+        stream_close(s);
+        return NULL;
+    }
+    s->connected = 1;
+    uv_tcp_nodelay(&s->tcp, 1);
+    stream_read_start(s);
+    return s;
+}
+
+stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const stream_callbacks_t *cb,
+                       void *data) {
+    stream_t *s = stream_new(env, cb, data);
+    if (!s) {
+        close(fd);
+        return NULL;
+    }
+    if (uv_tcp_open(&s->tcp, (uv_os_sock_t)fd) != 0) {
+        close(fd);
+        stream_close(s);
+        return NULL;
+    }
+    if (tls && !(s->tls = tls_conn_new(tls, NULL, NULL))) {
         stream_close(s);
         return NULL;
     }

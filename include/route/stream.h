@@ -46,6 +46,10 @@ void stream_env_free(stream_env_t *env);
  * accepting failed. */
 stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *tls,
                         const stream_callbacks_t *cb, void *data);
+/* The same for a socket accepted by the caller (fd is the stream's from now on, closed on
+ * failure too). */
+stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const stream_callbacks_t *cb,
+                       void *data);
 /* An outgoing connection to addr; with tls, hostname is the SNI and the name checked in the
  * certificate, and resume keeps the session for the next connection. on_open reports the
  * outcome from a later loop iteration. NULL only when out of memory (or the connect could not
