@@ -153,6 +153,8 @@ typedef struct store_stats {
     uint64_t queue_bytes;   /* the bytes those rows hold */
     uint64_t dropped_total; /* rows dropped past the bound */
     uint64_t written_total; /* rows committed */
+    uint64_t late_total;    /* of those, rows that waited out a store fault (locked, full...) */
+    uint64_t faulted;       /* 1 while writes fail (the writer retries, the queue holds) */
     /* Snapshots re-read because another connection committed (never the writer's own). */
     uint64_t external_reloads;
 } store_stats_t;

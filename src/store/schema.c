@@ -337,9 +337,21 @@ sqlite3 *store_db_open(const char *path, int busy_ms, char **err) {
         sqlite3_close(db);
         return NULL;
     }
+    /* SQLite falls back to read-only when the file cannot be opened for writing (permissions,
+     * an immutable file, a read-only mount): every record would then fail, so it is refused. */
+    if (sqlite3_db_readonly(db, "main") == 1) {
+        if (err)
+            *err = strdup("the database is read-only (file permissions, an immutable attribute "
+                          "or a read-only mount): the proxy needs to write it");
+        sqlite3_close(db);
+        return NULL;
+    }
     sqlite3_busy_timeout(db, busy_ms);
     /* With WAL, NORMAL loses nothing on a process crash and skips an fsync per commit. */
     store_exec(db, "PRAGMA synchronous=NORMAL");
+    /* No memory-mapped database pages: a file that cannot be written or is truncated under a
+     * mapping raises SIGBUS, where read() and write() return an error. */
+    store_exec(db, "PRAGMA mmap_size=0");
     return db;
 }
 
