@@ -144,7 +144,8 @@ void store_loop_record(store_t *s, store_record_t *r);
 void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success);
 /* The bounds on queued rows (config key records_queue_max, default 100000) and on the bytes
  * they hold (records_queue_max_mb, default 64 MiB); at least 1 each. The writer holds at most
- * one batch (WRITE_BATCH_MAX rows) outside these while it writes it. */
+ * one batch (WRITE_BATCH_MAX rows, 8 MiB) outside these while it writes it, and keeps it while
+ * the database fails (locked, full, unwritable), retrying. */
 void store_loop_set_records_queue_max(store_t *s, size_t max_rows, size_t max_bytes);
 
 /* Writer figures, for /metrics. Any thread. */

@@ -8,9 +8,15 @@
  * loop wakes the thread only when it was asleep on an empty queue. The queue is bounded
  * (records_queue_max): past it the oldest rows go, counted and reported at most every 10 s.
  *
+ * Faults: a batch that fails for a reason a retry can outlive (a lock, a full disk, a file
+ * made unwritable) is rolled back and retried with backoff for as long as it lasts, the queue
+ * filling within its bound meanwhile; each problem is logged when it starts, every 10 s while
+ * it lasts and when it ends, with the rows written late and dropped.
+ *
  * Owns: the writer connection, its statements and WAL checkpoints (its autocheckpoint is off:
  * a PASSIVE checkpoint past WAL_CHECKPOINT_BYTES, from this thread, after a commit), the queue,
- * the committed figures snapshots are stamped with, the external-change poll.
+ * the committed figures snapshots are stamped with, the external-change poll, the retry and
+ * fault log, giving memory back after a burst (malloc_trim).
  * Must not: let the loop wait on anything but a pointer swap under queue_mu, drop a row while
  * the queue is within its bound, lose a queued item on store_close, or log a key, a token or a
  * config value. */
