@@ -59,6 +59,11 @@ def rss_mb(pid):
     return 0.0
 
 
+def sanitized(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libasan" in l or "libtsan" in l for l in f)
+
+
 def count_records(proxy):
     return routetest.db_query(proxy.db_path, "SELECT count(*) AS n FROM records")[0]["n"]
 
@@ -138,7 +143,10 @@ def test_locked_database_under_load(proxy, mock):
     ended = log_lines(proxy, "the write failure is over")
     assert len(started) == 1, started
     assert len(ended) == 1 and "written late" in ended[0] and ", 0 dropped" in ended[0], ended
-    # After the drain memory goes back (malloc_trim once the writer is idle).
+    # After the drain memory goes back (malloc_trim once the writer is idle); a sanitizer's
+    # allocator keeps freed memory in quarantine, so only the caps hold there.
+    if sanitized(pid):
+        return
     wait_until(lambda: rss_mb(pid) < max(rss_start + 24, peak * 0.6), timeout=15,
                message="RSS to fall after the drain (start %.0f MB, peak %.0f MB, now %.0f MB)"
                % (rss_start, peak, rss_mb(pid)))
