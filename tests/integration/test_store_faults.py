@@ -244,3 +244,40 @@ def test_unwritable_files_mid_run(proxy, mock, tmp_path, which):
     wait_until(lambda: log_lines(proxy, "the write failure is over"), timeout=10,
                message="the end of the fault to be logged")
     assert proxy.request("POST", CHAT, {"model": "after"}).status == 200
+
+
+@pytest.mark.deadline(120)
+def test_disk_full_under_load(proxy_factory, mock, tmp_path):
+    """The database on a 2 MiB tmpfs (made by the test, as root): once it is full every
+    request is still answered, the fault is logged once (not once per batch: the issue saw
+    378,860 lines in 25 s), and when room is made (the tmpfs grown) the queue drains."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
+    p = None
+    try:
+        p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())],
+                          db_path=mnt / "db.sqlite")
+        before = count_records(p)
+        load = Load(p)
+        wait_until(lambda: log_lines(p, "the disk is full"), timeout=30,
+                   message="the disk-full fault to be logged")
+        time.sleep(3)  # under load while full: the number of log lines is what is checked
+        assert p.alive(), p.stderr_text()[-3000:]
+        store_lines = [l for l in p.stderr_text().splitlines() if "store:" in l]
+        assert len(store_lines) <= 4, store_lines
+        subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
+        answered = load.stop()
+        assert not load.errors, load.errors[:5]
+        assert set(load.statuses) == {200}, set(load.statuses)
+        ended = wait_until(lambda: log_lines(p, "the write failure is over"), timeout=30,
+                           message="the end of the fault to be logged")
+        dropped = int(ended[0].split(" written late, ")[1].split(" dropped")[0])
+        wait_until(lambda: count_records(p) - before + dropped >= answered, timeout=30,
+                   message="the queue to drain (%d answered, %s)" % (answered, ended))
+    finally:
+        if p is not None:
+            p.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
