@@ -332,7 +332,7 @@ sqlite3 *store_db_open(const char *path, int busy_ms, char **err) {
     /* NOMUTEX: each connection is used by one thread at a time (sync_mu, or the writer thread
      * alone), so SQLite's own per-call mutex is pure cost. */
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
+                        store_vfs()) != SQLITE_OK) {
         store_set_err(err, db);
         sqlite3_close(db);
         return NULL;

@@ -153,6 +153,10 @@ struct store {
     int writer_started;
 };
 
+/* ---- vfs.c ---- */
+#define STORE_VFS_NAME "route-guarded"
+/* The VFS name to open with (registered on first use), NULL: the default. */
+const char *store_vfs(void);
 /* ---- schema.c: connections, SQL helpers, rows ---- */
 void store_set_err(char **err, sqlite3 *db);
 sqlite3 *store_db_open(const char *path, int busy_ms, char **err);

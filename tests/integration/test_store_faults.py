@@ -177,7 +177,7 @@ def test_tiny_queue_drops_are_counted_and_logged_once(proxy_factory, mock):
     # Rows are written before the fault, late after it, or dropped: none is lost otherwise.
     wait_until(lambda: count_records(p) - before + dropped == n, timeout=15,
                message="written + dropped == %d (%s)" % (n, ended))
-    assert late <= 51, ended  # the batch in the writer's hands plus the bound
+    assert late <= 2 * 50, ended  # the batch in the writer's hands (<= 50) plus the bound
 
 
 def test_read_only_database_at_start_is_an_error(proxy_factory, mock, tmp_path):
@@ -236,6 +236,12 @@ def test_unwritable_files_mid_run(proxy, mock, tmp_path, which):
         assert proxy.alive(), "the proxy died: " + proxy.stderr_text()[-3000:]
         wait_until(lambda: log_lines(proxy, "not writable"), timeout=5,
                    message="the fault to be logged")
+        # An admin write runs on a work thread with its own connection: a clean error, not
+        # a SIGBUS from the mapped -shm (vfs.c refuses the exclusive lock first).
+        r = proxy.request("POST", "/admin/upstreams",
+                          {"SK": "sk-during-%s" % which, "Endpoint": "http://127.0.0.1:1/v1"})
+        assert r.status in (200, 500), r
+        assert proxy.alive(), "an admin write killed the proxy: " + proxy.stderr_text()[-3000:]
     finally:
         subprocess.run(["chattr", "-i", target])
     faults = [l for l in proxy.stderr_text().splitlines() if "store:" in l and "WARN" in l]
