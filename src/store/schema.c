@@ -4,7 +4,8 @@
  * store_open/store_close, which put the threading domains of store_internal.h together.
  *
  * Owns: the table definitions, the column list, connection settings (WAL, synchronous=NORMAL,
- * busy timeouts), turning rows into store_* structs, the lifetime of store_t.
+ * busy timeouts, no mmap, the guarded VFS of vfs.c, refusing a database SQLite could open
+ * read-only), turning rows into store_* structs, the lifetime of store_t.
  * Must not: run on the event loop thread once the loop runs, or log a key, a token or a config
  * value (a SQLite error message may quote one, so none that could is logged). */
 #include <stdarg.h>
