@@ -60,8 +60,12 @@ static void answer_503_and_close(server_t *srv, int fd) {
     if (!srv->ctx->tls_server && srv->shed_response.len) {
         ssize_t n = send(fd, srv->shed_response.data, srv->shed_response.len, MSG_NOSIGNAL);
         (void)n;
-        /* Shut our side so the client reads the answer before the close, not a reset. */
         shutdown(fd, SHUT_WR);
+        /* A close with request bytes unread sends a reset, which can reach the client before
+         * it read the answer: what already arrived is read and dropped first. */
+        char drop[16 * 1024];
+        for (int i = 0; i < 4 && recv(fd, drop, sizeof drop, MSG_DONTWAIT) > 0; i++)
+            ;
     }
     close(fd);
 }
