@@ -37,6 +37,7 @@ static const key_spec_t keys[] = {
     {"timeout", T_SECONDS, OFF(timeout), 0, DAY, 600, NULL},
     {"stream_timeout", T_SECONDS, OFF(stream_timeout), 0, DAY, 30, NULL},
     {"idle_timeout", T_SECONDS, OFF(idle_timeout), 0, DAY, 120, NULL},
+    {"send_timeout", T_SECONDS, OFF(send_timeout), 0, DAY, 60, NULL},
     {"shutdown_grace", T_SECONDS, OFF(shutdown_grace), 0, DAY, 30, NULL},
     {"max_connections", T_INT, OFF(max_connections), 1, 10000000, 10000, NULL},
     {"hook_instruction_budget", T_INT, OFF(hook_instruction_budget), 1000, 1e15, 10000000, NULL},
@@ -193,6 +194,7 @@ route_config_t *config_parse(config_lookup_fn get, void *ud, config_warn_fn warn
             }
         }
         set_number(c, k, d);
+        if (v && k->offset == OFF(max_connections)) c->max_connections_set = 1;
     }
     return c;
 }
@@ -211,6 +213,7 @@ static const route_config_t compiled_defaults = {
     .timeout = 600,
     .stream_timeout = 30,
     .idle_timeout = 120,
+    .send_timeout = 60,
     .shutdown_grace = 30,
     .max_connections = 10000,
     .hook_instruction_budget = 10000000,

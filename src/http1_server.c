@@ -17,6 +17,7 @@
 #include "http_headers.h"
 #include "http_internal.h"
 #include "route/access_log.h"
+#include "route/config.h"
 
 #define SLOW_HEADERS_MS   (30 * 1000)
 #define BODY_IDLE_MS      (60 * 1000)
@@ -48,23 +49,27 @@ struct server_conn {
     http_request_t *active;  /* being answered */
     http_headers_t hh;
     buf_t url;
-    int error_status; /* set by a callback that rejects the request */
+    int error_status;          /* set by a callback that rejects the request */
+    const char *error_message; /* its reason, static text (NULL: llhttp's) */
     int in_body;
 
     buf_t pending; /* bytes received but not parsed yet (pipelining) */
     size_t pending_off;
     int reading_stopped, processing, closing, shut_down;
+    int peer_eof;     /* the client shut its write side: answer what it sent, then close */
     int discarding;   /* answered before the request ended: drop what still arrives */
     size_t discarded; /* bytes dropped so far */
 
     buf_t head; /* the active response's head, until it leaves with the first body bytes */
     int head_waiting, write_failed;
+    int send_watch; /* the timer checks that the client takes the bytes queued to it */
     server_conn_t *head_prev, *head_next;
 };
 
 static void conn_close(server_conn_t *c);
 static void conn_process(server_conn_t *c);
 static void on_conn_timer(uv_timer_t *t);
+static void conn_watch_send(server_conn_t *c);
 
 /* Every deadline of a connection wakes its timer within SLOW_HEADERS_MS, the shortest: the
  * next request's header deadline then finds the timer due soon enough, and a connection
@@ -160,6 +165,9 @@ void http_request_set_handler(http_request_t *req, void *data, http_request_cb o
 }
 void *http_request_handler_data(const http_request_t *req) {
     return req->handler_data;
+}
+const char *http_request_abort_reason(const http_request_t *req) {
+    return req->abort_reason ? req->abort_reason : "client disconnected";
 }
 
 const route_header_t *http_request_header(const http_request_t *req, const char *name) {
@@ -272,7 +280,10 @@ static int conn_send(server_conn_t *c, const uv_buf_t *bufs, unsigned n, refbuf_
     int rc = m ? stream_write(c->stream, all, m, ref) : 0;
     c->head.len = 0;
     if (c->head.cap > HEAD_KEEP) buf_free(&c->head);
-    if (rc != 0) conn_write_failed(c);
+    if (rc != 0)
+        conn_write_failed(c);
+    else
+        conn_watch_send(c);
     return rc;
 }
 
@@ -374,6 +385,7 @@ static void conn_shutdown(server_conn_t *c) {
     if (c->closing || c->shut_down) return;
     c->shut_down = 1;
     stream_shutdown(c->stream);
+    conn_watch_send(c); /* the last bytes must be taken too, or the FIN never leaves */
 }
 
 /* The connection is done with its active request. */
@@ -385,9 +397,13 @@ static void conn_request_finished(server_conn_t *c, http_request_t *req, int clo
     req->conn = NULL;
     http_request_release(req);
     if (close_after || c->srv->ctx->shutting_down) {
+        c->send_watch = 0; /* conn_shutdown watches the rest */
         conn_shutdown(c);
         return;
     }
+    /* What is still queued is bounded by the keep-alive idle time, or the next request's own
+     * watch. */
+    c->send_watch = 0;
     conn_process(c);
 }
 
@@ -456,9 +472,111 @@ static void dispatch(server_conn_t *c, http_request_t *req) {
 
 /* ---------------------------------------------------------------- parsing */
 
+/* A request answered by closing: an HTTP/0.9 client could not read a status line. */
+#define REJECT_CLOSE (-1)
+
 static int reject(server_conn_t *c, int status) {
     c->error_status = status;
     return -1;
+}
+
+static int reject_why(server_conn_t *c, int status, const char *message) {
+    c->error_message = message;
+    return reject(c, status);
+}
+
+/* Hex digit value, or -1. */
+static int hex_value(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* 1 when the path, read as an upstream or any intermediary might read it (percent-decoded
+ * once, a backslash taken for a slash), has a "." or ".." segment. Such a path is refused
+ * rather than normalized: no SDK sends one, and every normalization that differs from the
+ * upstream's own is a way to reach a path outside /v1 with the upstream's key. */
+static int path_has_dot_segment(const char *path) {
+    size_t dots = 0, other = 0;
+    for (const char *p = path;; p++) {
+        char ch = *p;
+        if (ch == '%' && hex_value(p[1]) >= 0 && hex_value(p[2]) >= 0) {
+            ch = (char)(hex_value(p[1]) * 16 + hex_value(p[2]));
+            p += 2;
+        }
+        if (ch == '/' || ch == '\\' || ch == '\0') {
+            if (dots && dots <= 2 && !other) return 1;
+            if (!*p) return 0;
+            dots = other = 0;
+        } else if (ch == '.') {
+            dots++;
+        } else {
+            other++;
+        }
+    }
+}
+
+/* Transfer codings of the request: only "chunked", once, is understood; anything else (gzip,
+ * chunked) would be de-chunked and passed on without its coding. 0, or the status. */
+static int check_transfer_codings(server_conn_t *c, const http_request_t *req) {
+    int chunked = 0;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (strcmp(req->headers[i].name, "transfer-encoding") != 0) continue;
+        const char *v = req->headers[i].value;
+        while (*v) {
+            while (*v == ' ' || *v == '\t' || *v == ',')
+                v++;
+            const char *end = v;
+            while (*end && *end != ',')
+                end++;
+            size_t len = (size_t)(end - v);
+            while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+                len--;
+            if (len == 7 && strncasecmp(v, "chunked", 7) == 0) {
+                if (chunked++) return reject_why(c, 400, "transfer coding chunked applied twice");
+            } else if (len) {
+                return reject_why(c, 501, "transfer codings other than chunked are not supported");
+            }
+            v = end;
+        }
+    }
+    return 0;
+}
+
+/* The request target: origin-form (/v1/...), asterisk-form for OPTIONS, or absolute-form
+ * (http://host/v1/...), which RFC 9112 3.2.2 says a server must accept. Its authority is not
+ * ours to check or to act on: this is no forward proxy, so the request is answered by its path
+ * whatever host it names, exactly as the origin-form would be. Returns the origin-form part,
+ * or NULL (rejected). */
+static const char *request_origin_target(server_conn_t *c, http_request_t *req) {
+    const char *t = req->target;
+    if (t[0] == '/') return t;
+    if (req->method == HTTP_OPTIONS && strcmp(t, "*") == 0) return t;
+    const char *rest = NULL;
+    if (strncasecmp(t, "http://", 7) == 0)
+        rest = t + 7;
+    else if (strncasecmp(t, "https://", 8) == 0)
+        rest = t + 8;
+    if (!rest) {
+        reject_why(c, 400,
+                   req->method == HTTP_CONNECT
+                       ? "CONNECT is not supported: this is not a forward proxy"
+                       : "the request target must be a path (/v1/...) or an http URL");
+        return NULL;
+    }
+    const char *path = rest + strcspn(rest, "/?#");
+    if (path == rest) {
+        reject_why(c, 400, "the request target's URL has no host");
+        return NULL;
+    }
+    if (*path == '/') return path;
+    /* "http://host" or "http://host?q": the path is "/" */
+    char *origin = arena_alloc(&req->arena, strlen(path) + 2);
+    if (!origin) return NULL;
+    origin[0] = '/';
+    strcpy(origin + 1, path);
+    return origin;
 }
 
 static int headers_result(server_conn_t *c, int rc) {
@@ -511,8 +629,16 @@ static int on_headers_complete(llhttp_t *p) {
     req->method_name = llhttp_method_name(p->method);
     req->http_major = p->http_major;
     req->http_minor = p->http_minor;
+    if (req->http_major == 0) return reject(c, REJECT_CLOSE);
+    if (req->http_major != 1 || req->http_minor > 1)
+        return reject_why(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
     req->target = arena_strndup(&req->arena, c->url.data ? c->url.data : "", c->url.len);
     if (!req->target) return reject(c, 500);
+    char *origin = (char *)request_origin_target(c, req);
+    if (!origin) return c->error_status ? -1 : reject(c, 500);
+    if (origin != req->target &&
+        !(req->target = arena_strndup(&req->arena, origin, strlen(origin))))
+        return reject(c, 500);
     char *q = strchr(req->target, '?');
     if (q) {
         req->path = arena_strndup(&req->arena, req->target, (size_t)(q - req->target));
@@ -520,7 +646,10 @@ static int on_headers_complete(llhttp_t *p) {
     } else {
         req->path = req->target;
     }
-    if (req->target[0] != '/' && req->method != HTTP_OPTIONS) return reject(c, 400);
+    if (!req->path) return reject(c, 500);
+    if (path_has_dot_segment(req->path))
+        return reject_why(c, 400, "the request path has a dot-segment (. or ..)");
+    if (check_transfer_codings(c, req)) return -1;
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > HTTP_MAX_BODY_BYTES)
         return reject(c, 413);
     const route_header_t *expect = http_request_header(req, "expect");
@@ -593,20 +722,32 @@ static size_t conn_parse(server_conn_t *c, const char *data, size_t len, http_re
         c->in_body = 0;
         return used;
     }
-    int status = c->error_status ? c->error_status : 400;
-    const char *msg = status == 431   ? "request header block too large"
-                      : status == 413 ? "request body too large"
-                      : status == 500 ? "out of memory"
-                                      : llhttp_get_error_reason(&c->parser);
+    if (c->error_status == REJECT_CLOSE) {
+        conn_close(c);
+        return len;
+    }
+    /* llhttp says "Invalid HTTP version" for a well-formed one it does not know (HTTP/1.2),
+     * "Invalid minor version" and the like for a malformed one (HTTP/1.x): a 400. */
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    int unknown_version =
+        err == HPE_INVALID_VERSION && reason && strcmp(reason, "Invalid HTTP version") == 0;
+    int status = c->error_status ? c->error_status : unknown_version ? 505 : 400;
+    const char *msg = c->error_message ? c->error_message
+                      : status == 431  ? "request header block too large"
+                      : status == 413  ? "request body too large"
+                      : status == 500  ? "out of memory"
+                      : status == 505  ? "only HTTP/1.0 and HTTP/1.1 are supported"
+                                       : reason;
     char text[256];
-    snprintf(text, sizeof(text), "%s%s", status == 400 ? "malformed request: " : "",
+    snprintf(text, sizeof(text), "%s%s",
+             status == 400 && !c->error_message ? "malformed request: " : "",
              msg ? msg : "parse error");
     conn_reject(c, status, text);
     return len;
 }
 
 static void conn_resume_reading(server_conn_t *c) {
-    if (c->reading_stopped && !c->closing && !c->shut_down &&
+    if (c->reading_stopped && !c->closing && !c->shut_down && !c->peer_eof &&
         c->pending.len - c->pending_off < PENDING_CAP) {
         c->reading_stopped = 0;
         stream_read_start(c->stream);
@@ -627,6 +768,15 @@ static void conn_process(server_conn_t *c) {
     if (c->pending_off >= c->pending.len) c->pending.len = c->pending_off = 0;
     c->processing = 0;
     if (c->closing || c->shut_down || c->write_failed) return;
+    if (c->peer_eof && !c->active) {
+        /* Everything the client sent before its FIN is answered; a request it left
+         * incomplete never will be. */
+        if (c->reading)
+            conn_close(c);
+        else
+            conn_shutdown(c);
+        return;
+    }
     if (!c->active && !c->reading) conn_deadline(c, KEEPALIVE_IDLE_MS);
     conn_resume_reading(c);
 }
@@ -674,6 +824,14 @@ static void on_stream_read(stream_t *s, ssize_t nread, const char *data, refbuf_
     if (nread < 0) {
         if (nread == UV_EPROTO)
             route_log(LOG_DEBUG, "TLS client %s: %s", c->client_ip, stream_error(s));
+        /* A FIN after a complete request is a half close (RFC 9112 9.6), not an abort: the
+         * client may still read the answer. Only a failed write or a reset ends it early. */
+        if (nread == UV_EOF && c->active && !c->write_failed && !c->discarding) {
+            c->peer_eof = 1;
+            stream_read_stop(c->stream);
+            c->reading_stopped = 0;
+            return;
+        }
         conn_close(c); /* aborts the active request, if any */
         return;
     }
@@ -692,6 +850,7 @@ static void on_stream_drain(stream_t *s) {
 
 static void on_stream_shutdown(stream_t *s) {
     server_conn_t *c = stream_data(s);
+    c->send_watch = 0;
     /* The answer is out; a client still sending gets LINGER_MS to finish and read it. */
     if (c->discarding && !c->closing) {
         conn_deadline(c, LINGER_MS);
@@ -707,10 +866,56 @@ static const stream_callbacks_t conn_stream_events = {
     .on_shutdown = on_stream_shutdown,
 };
 
+static uint64_t send_timeout_ms(server_conn_t *c) {
+    return (uint64_t)(config_current(c->srv->ctx)->send_timeout * 1000.0);
+}
+
+/* How often a waiting send is looked at: a quarter of the timeout, so a client is cut at most
+ * that much later than send_timeout after the last byte it took. */
+static uint64_t send_check_ms(uint64_t limit, uint64_t stalled) {
+    uint64_t every = limit / 4 < 250 ? 250 : limit / 4;
+    uint64_t left = limit > stalled ? limit - stalled : 1;
+    return left < every ? left : every;
+}
+
+/* Bytes wait for the client: from now on the timer checks that it takes some. */
+static void conn_watch_send(server_conn_t *c) {
+    if (c->send_watch || c->closing || stream_pending(c->stream) == 0) return;
+    uint64_t limit = send_timeout_ms(c);
+    if (!limit) return;
+    c->send_watch = 1;
+    conn_deadline(c, send_check_ms(limit, 0));
+}
+
+/* A client that took no byte for send_timeout is closed, its request aborted: otherwise it
+ * holds its connection and the upstream's forever, reading nothing. A slow reader that takes
+ * some bytes now and then is never cut. */
+static void conn_check_send(server_conn_t *c) {
+    uint64_t stalled = stream_send_stalled_ms(c->stream);
+    uint64_t limit = send_timeout_ms(c);
+    if (stream_pending(c->stream) == 0 || !limit) {
+        c->send_watch = 0;
+        return;
+    }
+    if (stalled < limit) {
+        conn_deadline(c, send_check_ms(limit, stalled));
+        return;
+    }
+    route_log_limited(&c->srv->send_timeout_log, LOG_INFO,
+                      "client %s took no bytes for %.0f s (send_timeout): closing it", c->client_ip,
+                      (double)limit / 1000.0);
+    if (c->active) c->active->abort_reason = "client send timeout";
+    conn_close(c);
+}
+
 static void on_conn_timer(uv_timer_t *t) {
     server_conn_t *c = t->data;
     if (!c->write_failed) {
         if (!deadline_due_early(t, &c->deadline, SLOW_HEADERS_MS, on_conn_timer)) return;
+        if (c->send_watch) {
+            conn_check_send(c);
+            return;
+        }
         if (c->active) return;
     }
     /* Slow headers, slow body, an idle keep-alive connection or a dead client: drop it. */
@@ -867,7 +1072,21 @@ void http_request_upgrade_end(http_request_t *req) {
     conn_close(c);
 }
 
+/* 0 when llhttp was built loose (a system library): it then takes any two bytes after chunk
+ * data for the CRLF. Said once at start, so an operator knows the framing is not checked. */
+static int llhttp_checks_chunk_crlf(void) {
+    static const char probe[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXX";
+    llhttp_settings_t settings;
+    llhttp_t p;
+    llhttp_settings_init(&settings);
+    llhttp_init(&p, HTTP_REQUEST, &settings);
+    return llhttp_execute(&p, probe, sizeof(probe) - 1) != HPE_OK;
+}
+
 void http1_server_init(server_t *srv) {
+    if (!llhttp_checks_chunk_crlf())
+        route_log(LOG_WARN, "llhttp is built without LLHTTP_STRICT_MODE: chunk framing is "
+                            "parsed leniently");
     llhttp_settings_init(&srv->settings);
     srv->settings.on_message_begin = on_message_begin;
     srv->settings.on_url = on_url;

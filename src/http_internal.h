@@ -16,8 +16,14 @@ struct server {
     route_ctx_t *ctx;
     const router_t *router;
     stream_env_t *env;
-    uv_tcp_t listener;
-    int listening;
+    /* Accepting is ours, not libuv's: when descriptors run out, libuv's own reserve trick
+     * closes waiting clients without a word, where we answer them 503. */
+    uv_poll_t listen_poll;
+    uv_timer_t accept_pause; /* after running out of descriptors */
+    int listen_fd, spare_fd;
+    int listening, accept_paused;
+    int64_t fd_limit, fd_fit_connections; /* max_connections when not configured */
+    buf_t shed_response;                  /* the 503 for clients we cannot serve */
     llhttp_settings_t settings;
     server_conn_t *conns; /* intrusive list of open connections */
     size_t n_conns, active_requests;
@@ -30,6 +36,7 @@ struct server {
     server_conn_t *free_conns; /* recycled connection objects, up to a ceiling */
     size_t n_free_conns;
     log_limiter_t accept_log, limit_log; /* per-connection warnings, rate-limited */
+    log_limiter_t send_timeout_log, emfile_log;
 };
 
 struct http_request {
@@ -59,6 +66,7 @@ struct http_request {
     int logs_itself; /* its handler writes its access log line (else the server does) */
 
     void *handler_data;
+    const char *abort_reason; /* static text, set before on_abort */
     http_request_cb on_abort;
     http_request_cb on_drain;
     http_request_t *next_free;

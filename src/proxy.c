@@ -548,7 +548,7 @@ static void on_client_abort(http_request_t *http) {
         upstream_cancel(p->up);
         p->up = NULL;
     }
-    p->error = "client disconnected";
+    p->error = http_request_abort_reason(http);
     proxy_finish(p, 1);
 }
 

@@ -10,9 +10,14 @@
  * Must not: know about HTTP, interpret the bytes, or block. */
 #include "route/stream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define FREE_BUFS_MAX    16
 #define FREE_WRITES_MAX  1024
@@ -50,6 +55,9 @@ struct stream {
     tls_conn_t *tls;
     refbuf_t *rbuf; /* the block a read is landing in */
     size_t queued, high, low;
+    /* Send progress: bytes given to uv_write in all, what the kernel had taken of them when
+     * last looked at, and when that last changed (loop ms). */
+    uint64_t submitted, accepted_seen, acked_seen, progress_ms;
     int above_high, reading, closing, shutting, tls_ready, is_client, connected;
     char err[256];
 };
@@ -204,6 +212,38 @@ size_t stream_pending(const stream_t *s) {
     return s->queued;
 }
 
+/* The bytes the peer acknowledged (Linux TCP_INFO tcpi_bytes_acked), 0 when unknown. glibc's
+ * struct tcp_info stops short of it; the kernel's layout goes on with two more u64 first. */
+static uint64_t tcp_bytes_acked(stream_t *s) {
+    struct {
+        struct tcp_info base;
+        uint64_t pacing_rate, max_pacing_rate, bytes_acked;
+    } ti;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) != 0) return 0;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || len < sizeof(ti)) return 0;
+    return ti.bytes_acked;
+}
+
+uint64_t stream_send_stalled_ms(stream_t *s) {
+    if (s->queued == 0) return 0;
+    uint64_t now = uv_now(s->env->loop);
+    /* Two signs of a peer taking bytes: libuv lowering its queue as the kernel takes them
+     * (also inside one big write), and the peer acknowledging data. The second matters for a
+     * slow reader: the kernel wakes a writer only once a third of its buffer is free, which
+     * at 1 KB/s can take longer than any sensible timeout. */
+    uint64_t accepted = s->submitted - uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp);
+    uint64_t acked = tcp_bytes_acked(s);
+    if (accepted != s->accepted_seen || acked != s->acked_seen) {
+        s->accepted_seen = accepted;
+        s->acked_seen = acked;
+        s->progress_ms = now;
+    }
+    return now > s->progress_ms ? now - s->progress_ms : 0;
+}
+
 /* ---------------------------------------------------------------- writing */
 
 static void on_write_done(uv_write_t *uw, int status) {
@@ -235,12 +275,14 @@ static void on_write_done(uv_write_t *uw, int status) {
 
 static int queue_write(stream_t *s, stream_write_req_t *w, const uv_buf_t *bufs, unsigned n) {
     w->s = s;
+    if (s->queued == 0) s->progress_ms = uv_now(s->env->loop); /* a wait may start now */
     int rc = uv_write(&w->w, (uv_stream_t *)&s->tcp, bufs, n, on_write_done);
     if (rc < 0) {
         snprintf(s->err, sizeof(s->err), "%s", uv_strerror(rc));
         write_put(s->env, w);
         return -1;
     }
+    s->submitted += w->bytes;
     s->queued += w->bytes;
     if (s->queued > s->high) s->above_high = 1;
     return 0;
@@ -459,6 +501,28 @@ stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *
     if (!s) return NULL;
     if (uv_accept(listener, (uv_stream_t *)&s->tcp) != 0 ||
         (tls && !(s->tls = tls_conn_new(tls, NULL, NULL)))) {
+        stream_close(s);
+        return NULL;
+    }
+    s->connected = 1;
+    uv_tcp_nodelay(&s->tcp, 1);
+    stream_read_start(s);
+    return s;
+}
+
+stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const stream_callbacks_t *cb,
+                       void *data) {
+    stream_t *s = stream_new(env, cb, data);
+    if (!s) {
+        close(fd);
+        return NULL;
+    }
+    if (uv_tcp_open(&s->tcp, (uv_os_sock_t)fd) != 0) {
+        close(fd);
+        stream_close(s);
+        return NULL;
+    }
+    if (tls && !(s->tls = tls_conn_new(tls, NULL, NULL))) {
         stream_close(s);
         return NULL;
     }

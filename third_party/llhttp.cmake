@@ -19,6 +19,10 @@ else()
   target_include_directories(route_llhttp SYSTEM PUBLIC ${LLHTTP_INCLUDE_DIR})
   # Generated code: our warning flags are not its business.
   target_compile_options(route_llhttp PRIVATE -w)
+  # Strict mode: chunk data must be followed by CRLF (the loose parser skips any two bytes,
+  # a smuggling vector), control characters in header values and non-ASCII in targets are
+  # errors. Both directions get it: a sloppy upstream's framing is no safer than a client's.
+  target_compile_definitions(route_llhttp PRIVATE LLHTTP_STRICT_MODE=1)
   set_target_properties(route_llhttp PROPERTIES POSITION_INDEPENDENT_CODE ON)
   message(STATUS "llhttp: compiled from ${LLHTTP_SOURCE_DIR}")
 endif()

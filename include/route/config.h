@@ -16,8 +16,10 @@ typedef struct route_config {
     double timeout;         /* 600: to response headers */
     double stream_timeout;  /* 30: to response headers for "stream": true */
     double idle_timeout;    /* 120: between body bytes */
+    double send_timeout;    /* 60: a client taking no response bytes is closed (0: never) */
     double shutdown_grace;  /* 30 */
     int64_t max_connections;
+    int max_connections_set; /* 0: the default, which the listener fits to the fd limit */
     /* Hooks: budgets per top-level call. */
     int64_t hook_instruction_budget;
     int64_t hook_memory_limit_mb;

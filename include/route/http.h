@@ -48,6 +48,8 @@ int http_request_client_connected(const http_request_t *req);
 void http_request_set_handler(http_request_t *req, void *data, http_request_cb on_abort,
                               http_request_cb on_drain);
 void *http_request_handler_data(const http_request_t *req);
+/* Why the client went away, for on_abort: "client disconnected" or "client send timeout". */
+const char *http_request_abort_reason(const http_request_t *req);
 
 void http_request_retain(http_request_t *req);
 void http_request_release(http_request_t *req);

@@ -173,7 +173,8 @@ void store_loop_record(store_t *s, store_record_t *r);
 void store_loop_upstream_result(store_t *s, int64_t upstream_id, int success);
 /* The bounds on queued rows (config key records_queue_max, default 100000) and on the bytes
  * they hold (records_queue_max_mb, default 64 MiB); at least 1 each. The writer holds at most
- * one batch (WRITE_BATCH_MAX rows) outside these while it writes it. */
+ * one batch (WRITE_BATCH_MAX rows, 8 MiB) outside these while it writes it, and keeps it while
+ * the database fails (locked, full, unwritable), retrying. */
 void store_loop_set_records_queue_max(store_t *s, size_t max_rows, size_t max_bytes);
 /* Config key records_retention_days (0: keep every row): the writer thread deletes rows older
  * than that, in batches of at most 1,000 between its own batches (src/store/retention.c). */
@@ -185,6 +186,8 @@ typedef struct store_stats {
     uint64_t queue_bytes;   /* the bytes those rows hold */
     uint64_t dropped_total; /* rows dropped past the bound */
     uint64_t written_total; /* rows committed */
+    uint64_t late_total;    /* of those, rows that waited out a store fault (locked, full...) */
+    uint64_t faulted;       /* 1 while writes fail (the writer retries, the queue holds) */
     /* Snapshots re-read because another connection committed (never the writer's own). */
     uint64_t external_reloads;
 } store_stats_t;

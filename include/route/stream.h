@@ -46,6 +46,10 @@ void stream_env_free(stream_env_t *env);
  * accepting failed. */
 stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *tls,
                         const stream_callbacks_t *cb, void *data);
+/* The same for a socket accepted by the caller (fd is the stream's from now on, closed on
+ * failure too). */
+stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const stream_callbacks_t *cb,
+                       void *data);
 /* An outgoing connection to addr; with tls, hostname is the SNI and the name checked in the
  * certificate, and resume keeps the session for the next connection. on_open reports the
  * outcome from a later loop iteration. NULL only when out of memory (or the connect could not
@@ -78,6 +82,9 @@ static inline int stream_write(stream_t *s, const uv_buf_t *bufs, unsigned n, re
 }
 /* Bytes handed over but not yet taken by the kernel. */
 size_t stream_pending(const stream_t *s);
+/* While bytes are pending: ms since the kernel last took any of them (as seen by the calls
+ * to this, so call it at least every few seconds while waiting). 0 when nothing is pending. */
+uint64_t stream_send_stalled_ms(stream_t *s);
 /* on_drain fires when pending falls to low after having exceeded high. */
 void stream_set_watermarks(stream_t *s, size_t high, size_t low);
 

@@ -4,7 +4,8 @@
  * store_open/store_close, which put the threading domains of store_internal.h together.
  *
  * Owns: the table definitions, the column list, connection settings (WAL, synchronous=NORMAL,
- * busy timeouts), turning rows into store_* structs, the lifetime of store_t.
+ * busy timeouts, no mmap, the guarded VFS of vfs.c, refusing a database SQLite could open
+ * read-only), turning rows into store_* structs, the lifetime of store_t.
  * Must not: run on the event loop thread once the loop runs, or log a key, a token or a config
  * value (a SQLite error message may quote one, so none that could is logged). */
 #include <stdarg.h>
@@ -369,14 +370,26 @@ sqlite3 *store_db_open(const char *path, int busy_ms, char **err) {
     /* NOMUTEX: each connection is used by one thread at a time (sync_mu, or the writer thread
      * alone), so SQLite's own per-call mutex is pure cost. */
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
+                        store_vfs()) != SQLITE_OK) {
         store_set_err(err, db);
+        sqlite3_close(db);
+        return NULL;
+    }
+    /* SQLite falls back to read-only when the file cannot be opened for writing (permissions,
+     * an immutable file, a read-only mount): every record would then fail, so it is refused. */
+    if (sqlite3_db_readonly(db, "main") == 1) {
+        if (err)
+            *err = strdup("the database is read-only (file permissions, an immutable attribute "
+                          "or a read-only mount): the proxy needs to write it");
         sqlite3_close(db);
         return NULL;
     }
     sqlite3_busy_timeout(db, busy_ms);
     /* With WAL, NORMAL loses nothing on a process crash and skips an fsync per commit. */
     store_exec(db, "PRAGMA synchronous=NORMAL");
+    /* No memory-mapped database pages: a file that cannot be written or is truncated under a
+     * mapping raises SIGBUS, where read() and write() return an error. */
+    store_exec(db, "PRAGMA mmap_size=0");
     return db;
 }
 

@@ -81,6 +81,14 @@ struct store_snapshot {
     int from_poller;        /* another connection's commit caused it: log what changed */
 };
 
+/* A store problem (writer.c). */
+typedef struct store_fault {
+    int active;
+    char detail[256];
+    int64_t since_ns, logged_ns;
+    uint64_t dropped_before; /* dropped_total when it began */
+} store_fault_t;
+
 struct store {
     /* sync.c */
     sqlite3 *sync_db;
@@ -127,6 +135,16 @@ struct store {
     size_t queue_bytes, queue_bytes_max;
     /* Writer thread only: a failing database fails every group commit (every 50 ms). */
     log_limiter_t write_log, lost_log;
+    /* Writer thread only: what is wrong now, each logged when it starts, every 10 s while it
+     * lasts and when it ends (writer.c). */
+    store_fault_t write_fault, checkpoint_fault, wal_fault;
+    char *path_db, *path_wal, *path_shm; /* checked writable before SQLite maps or writes */
+    int page_size;
+    size_t backlog_peak_bytes; /* the most the queue held since memory was last given back */
+    size_t trim_rows;          /* rows written since then */
+    int64_t last_trim_ns;
+    uint64_t late_total; /* rows written after waiting out a fault (queue_mu) */
+    int faulted;         /* write_fault.active, for store_stats (queue_mu) */
     bump_table_t queue_folded;
     config_item_t *queue_config, **queue_config_tail;
     int writer_sleeping, stopping, polling;
@@ -140,6 +158,10 @@ struct store {
     log_limiter_t retention_log;
 };
 
+/* ---- vfs.c ---- */
+#define STORE_VFS_NAME "route-guarded"
+/* The VFS name to open with (registered on first use), NULL: the default. */
+const char *store_vfs(void);
 /* ---- schema.c: connections, SQL helpers, rows ---- */
 void store_set_err(char **err, sqlite3 *db);
 sqlite3 *store_db_open(const char *path, int busy_ms, char **err);
