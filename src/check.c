@@ -7,9 +7,11 @@
  *
  * The database is opened read-only and never created or migrated: a check changes nothing, so
  * it is safe beside a running server. A missing file is no error (the start creates it): the
- * OK line says so.
+ * OK line says so, and the scripts load against an empty database made in a temporary folder
+ * and removed after, as they would against the one the start creates (route.config.set at
+ * load works).
  *
- * Owns: what -check verifies and how it reports. Must not: write to the database, bind the
+ * Owns: what -check verifies and how it reports. Must not: write to the -database file, bind the
  * listen address, or print a token or a key (problems name the key, config.c's message quotes a
  * value only for typed keys, never `authorization`). */
 #include <errno.h>
@@ -17,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "route/cli.h"
 #include "route/config.h"
@@ -91,6 +95,35 @@ static store_t *check_database(check_t *c, int *missing) {
     return s;
 }
 
+/* The empty database a start would create, in a folder of its own under $TMPDIR: NULL when
+ * it cannot be made (the scripts then load with no database, as before). */
+static const char *const SCRATCH_FILES[] = {"db.sqlite-wal", "db.sqlite-shm", "db.sqlite"};
+
+static store_t *scratch_store(char *dir, size_t cap) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, cap, "%s/route-check-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        dir[0] = '\0';
+        return NULL;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/db.sqlite", dir);
+    char *err = NULL;
+    store_t *s = store_open(path, &err);
+    free(err);
+    return s;
+}
+
+static void scratch_remove(const char *dir) {
+    if (!dir[0]) return;
+    char path[PATH_MAX];
+    for (size_t i = 0; i < sizeof SCRATCH_FILES / sizeof SCRATCH_FILES[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, SCRATCH_FILES[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 static void close_handle(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
@@ -144,9 +177,12 @@ int cli_run_check(const route_options_t *opts, FILE *out, FILE *err) {
     tls_config_t *tls_client = NULL;
     check_tls(&c, opts, &tls_client);
     int missing;
+    char scratch[PATH_MAX] = "";
     store_t *store = check_database(&c, &missing);
+    if (missing) store = scratch_store(scratch, sizeof scratch);
     check_scripts(&c, opts, store, tls_client, script, sizeof script);
     store_close(store);
+    scratch_remove(scratch);
     tls_config_free(tls_client);
     if (c.problems) {
         fprintf(err, "check failed: %d problem(s)\n", c.problems);

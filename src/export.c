@@ -14,8 +14,9 @@
  *   truncated            the text reached the extraction cap (1 MiB): not the whole answer
  *   invalid text         the text is not valid UTF-8 (cut inside a character)
  *
- * Owns: the selection rules and the line format. Must not: write to the database, or keep
- * more than the current row. */
+ * Owns: the selection rules and the line format. Must not: write records or config (store_open
+ * only brings an older file's schema up to date, as a start would: the Go program's file lacks
+ * the columns read here), or keep more than the current row. */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>

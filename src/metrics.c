@@ -4,7 +4,8 @@
  * Owns: the families and their label sets, kept bounded: upstream labels are upstream ids,
  * interned up to METRICS_MAX_UPSTREAMS; model labels up to METRICS_MAX_MODELS (only for
  * exchanges that reached an upstream, so a client refused by authorize cannot fill the table);
- * every family's series table has a ceiling too. What passes a bound is counted under "other".
+ * every family's series table has a ceiling too. What passes a bound is counted under "other"
+ * (a full upstream or model table is logged too, rate-limited).
  * The GenAI families follow the OpenTelemetry semantic conventions in their Prometheus form.
  * Must not: know about HTTP or the store, take locks (loop thread only), or put anything
  * secret in a label (an upstream is its id, never its key or URL). */
@@ -192,7 +193,23 @@ struct metrics {
     uint64_t reloads[2];             /* failure, success */
     int64_t active_streams;
     metrics_gauges_t gauges;
+    /* A full label table: what it refuses counts under "other", and the operator hears why
+     * (observations refused per kind: upstream, model). */
+    uint64_t label_overflows[2];
+    log_limiter_t overflow_log;
 };
+
+enum { OVERFLOW_UPSTREAM, OVERFLOW_MODEL };
+
+static void label_overflow(metrics_t *m, int kind) {
+    static const char *const what[] = {"upstream ids", "model names"};
+    static const int bound[] = {METRICS_MAX_UPSTREAMS, METRICS_MAX_MODELS};
+    m->label_overflows[kind]++;
+    route_log_limited(&m->overflow_log, LOG_WARN,
+                      "metrics: the label table of %d %s is full; others count as "
+                      "\"other\" (%" PRIu64 " observation(s) so far)",
+                      bound[kind], what[kind], m->label_overflows[kind]);
+}
 
 /* Label index encodings. Upstream: 0 none, 1..64 the interned ids, 65 other. Model: 0 none,
  * 1..64 interned, 65 other. */
@@ -205,7 +222,10 @@ static uint32_t upstream_index(metrics_t *m, int64_t id) {
     if (id <= 0) return U_NONE;
     for (size_t i = 0; i < m->n_upstreams; i++)
         if (m->upstream_ids[i] == id) return (uint32_t)i + 1;
-    if (m->n_upstreams == METRICS_MAX_UPSTREAMS) return U_OTHER;
+    if (m->n_upstreams == METRICS_MAX_UPSTREAMS) {
+        label_overflow(m, OVERFLOW_UPSTREAM);
+        return U_OTHER;
+    }
     m->upstream_ids[m->n_upstreams++] = id;
     return (uint32_t)m->n_upstreams;
 }
@@ -248,7 +268,10 @@ static uint32_t model_index(metrics_t *m, const char *model, int may_intern) {
     for (size_t i = 0; i < m->n_models; i++)
         if (m->models[i].hash == h && strcmp(m->models[i].name, label) == 0) return (uint32_t)i + 1;
     if (!may_intern) return M_NONE;
-    if (m->n_models == METRICS_MAX_MODELS) return M_OTHER;
+    if (m->n_models == METRICS_MAX_MODELS) {
+        label_overflow(m, OVERFLOW_MODEL);
+        return M_OTHER;
+    }
     char *copy = strdup(label);
     if (!copy) return M_OTHER;
     m->models[m->n_models] = (model_label_t){h, copy};

@@ -1,7 +1,7 @@
 /* reload.c: the scripts folder watch and the bookkeeping of reloads.
  *
- * Owns: the uv_fs_event watch on the folder (any *.lua created, written or renamed over),
- * the debounce timer, reading the folder on a work thread (a script_snapshot_t) and handing
+ * Owns: the uv_fs_event watches on the folder and on its subfolders that hold modules (any
+ * *.lua created, written or renamed over; a subfolder made), the debounce timer, reading the folder on a work thread (a script_snapshot_t) and handing
  * it to the hooks on the loop, the bounded list of callers waiting for a reload's result, the
  * reload count and last error, and GET /admin/scripts' view of the loaded files.
  * Must not: load Lua itself (hooks_load.c does, and keeps the running hooks when a load
@@ -24,11 +24,19 @@
 /* Callers (admin requests, signals) waiting on one reload; past this they are answered at
  * once with an error rather than queued without bound. */
 #define WAITERS_MAX 64
+/* Subfolders watched (each a watch of its own: Linux has no recursive one); the modules of
+ * those past it reload on the other triggers only (logged). */
+#define SUBWATCHES_MAX 64
 
 typedef struct reload_waiter {
     reload_done_cb cb;
     void *data;
 } reload_waiter_t;
+
+typedef struct subwatch {
+    uv_fs_event_t handle; /* first: the close callback finds the subwatch from it */
+    char *rel;            /* the subfolder, relative to the scripts folder */
+} subwatch_t;
 
 typedef struct reload_batch {
     reload_waiter_t w[WAITERS_MAX];
@@ -54,12 +62,17 @@ struct reloader {
     unsigned reloads;
     unsigned long waiters_refused;
     log_limiter_t refused_log;
+    subwatch_t *subs[SUBWATCHES_MAX];
+    size_t n_subs;
+    log_limiter_t watch_log;
 };
 
 static int ends_with_lua(const char *name) {
     size_t n = strlen(name);
     return n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
+
+static void watch_subfolders(reloader_t *r, const script_snapshot_t *snap);
 
 static void read_folder(uv_work_t *w) {
     reloader_t *r = w->data;
@@ -80,6 +93,7 @@ static void after_read(uv_work_t *w, int status) {
     } else if (!r->read) {
         msg = r->read_err;
     } else {
+        watch_subfolders(r, r->read); /* the folder as it is now, whether the load works */
         rc = hooks_reload_snapshot(r->ctx->hooks, r->read, &msg);
     }
     r->read = NULL;
@@ -157,15 +171,94 @@ static void on_debounced(uv_timer_t *t) {
     reloader_request(r, "file change", NULL, NULL);
 }
 
+/* A change that may concern the scripts: a .lua file, or a name without a dot (a subfolder
+ * made or renamed, whose modules get a watch once a reload read them). No name means the
+ * folder itself changed: look again to be safe. */
+static int may_concern_scripts(const char *filename) {
+    return !filename || ends_with_lua(filename) || (filename[0] != '.' && !strchr(filename, '.'));
+}
+
 static void on_folder_event(uv_fs_event_t *w, const char *filename, int events, int status) {
     reloader_t *r = w->data;
     if (status < 0) {
         route_log(LOG_WARN, "scripts watch: %s", uv_strerror(status));
         return;
     }
-    /* No name means the folder itself changed: look again to be safe. */
-    if (filename && !ends_with_lua(filename)) return;
+    if (!may_concern_scripts(filename)) return;
     uv_timer_start(&r->debounce, on_debounced, DEBOUNCE_MS, 0);
+}
+
+/* ---------------------------------------------------------------- subfolder watches */
+
+static void on_subwatch_closed(uv_handle_t *h) {
+    subwatch_t *sw = (subwatch_t *)h;
+    free(sw->rel);
+    free(sw);
+}
+
+/* 1 when some file of snap lies under the subfolder rel[0..len). */
+static int holds_modules(const script_snapshot_t *snap, const char *rel, size_t len) {
+    for (size_t i = 0; i < snap->n_files; i++) {
+        const char *name = snap->files[i].name;
+        if (strncmp(name, rel, len) == 0 && name[len] == '/') return 1;
+    }
+    return 0;
+}
+
+static int is_watched(const reloader_t *r, const char *rel, size_t len) {
+    for (size_t i = 0; i < r->n_subs; i++)
+        if (strlen(r->subs[i]->rel) == len && memcmp(r->subs[i]->rel, rel, len) == 0) return 1;
+    return 0;
+}
+
+static void add_subwatch(reloader_t *r, const char *rel, size_t len) {
+    if (r->n_subs == SUBWATCHES_MAX) {
+        route_log_limited(&r->watch_log, LOG_WARN,
+                          "scripts watch: more than %d subfolders; changes in %.*s reload on "
+                          "SIGHUP or POST /admin/reload only",
+                          SUBWATCHES_MAX, (int)len, rel);
+        return;
+    }
+    subwatch_t *sw = calloc(1, sizeof(*sw));
+    char *path = sw ? malloc(strlen(r->dir) + 1 + len + 1) : NULL;
+    if (!sw || !path || !(sw->rel = strndup(rel, len))) {
+        free(path);
+        free(sw);
+        return;
+    }
+    sprintf(path, "%s/%.*s", r->dir, (int)len, rel);
+    uv_fs_event_init(r->ctx->loop, &sw->handle);
+    sw->handle.data = r;
+    int rc = uv_fs_event_start(&sw->handle, on_folder_event, path, 0);
+    free(path);
+    if (rc != 0) {
+        route_log_limited(&r->watch_log, LOG_WARN, "cannot watch %s/%s for script changes: %s",
+                          r->dir, sw->rel, uv_strerror(rc));
+        uv_close((uv_handle_t *)&sw->handle, on_subwatch_closed);
+        return;
+    }
+    r->subs[r->n_subs++] = sw;
+}
+
+/* Watches exactly the subfolders that hold snap's modules (and the folders between). */
+static void watch_subfolders(reloader_t *r, const script_snapshot_t *snap) {
+    if (!r->watching || !snap || uv_is_closing((uv_handle_t *)&r->watch)) return;
+    for (size_t i = 0; i < r->n_subs;) {
+        subwatch_t *sw = r->subs[i];
+        if (holds_modules(snap, sw->rel, strlen(sw->rel))) {
+            i++;
+            continue;
+        }
+        uv_close((uv_handle_t *)&sw->handle, on_subwatch_closed);
+        r->subs[i] = r->subs[--r->n_subs];
+    }
+    for (size_t i = 0; i < snap->n_files; i++) {
+        const char *name = snap->files[i].name;
+        for (const char *slash = strchr(name, '/'); slash; slash = strchr(slash + 1, '/')) {
+            size_t len = (size_t)(slash - name);
+            if (!is_watched(r, name, len)) add_subwatch(r, name, len);
+        }
+    }
 }
 
 reloader_t *reloader_new(route_ctx_t *ctx, const char *scripts_dir) {
@@ -187,11 +280,17 @@ reloader_t *reloader_new(route_ctx_t *ctx, const char *scripts_dir) {
         else
             route_log(LOG_WARN, "cannot watch %s for script changes: %s", r->dir, uv_strerror(rc));
     }
+    watch_subfolders(r, hooks_loaded_snapshot(ctx->hooks));
     return r;
 }
 
 void reloader_free(reloader_t *r) {
     if (!r) return;
+    /* Their handles were closed with every other at shutdown. */
+    for (size_t i = 0; i < r->n_subs; i++) {
+        free(r->subs[i]->rel);
+        free(r->subs[i]);
+    }
     free(r->dir);
     free(r->last_error);
     free(r);

@@ -45,7 +45,8 @@ static void sha256_hex(const char *data, size_t len, char out[65]) {
         snprintf(out + 2 * i, 3, "%02x", digest[i]);
 }
 
-/* The whole file; size is what stat saw, but the read decides (a file being rewritten). */
+/* The whole file, NULL with errno EFBIG past limit bytes; size is what stat saw, but the read
+ * decides (a file being rewritten). */
 static char *read_whole(const char *path, size_t limit, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -74,6 +75,12 @@ static char *read_whole(const char *path, size_t limit, size_t *len) {
         free(buf);
         buf = NULL;
         errno = EIO;
+    } else if (buf && n > limit) {
+        /* The read stops at the first short fread, which may land past the limit by up to
+         * the last growth: the limit is on the bytes, not on the buffer. */
+        free(buf);
+        buf = NULL;
+        errno = EFBIG;
     }
     fclose(f);
     if (buf) buf[n] = '\0';

@@ -2,8 +2,9 @@
  *
  * Owns: origins (scheme, host, port) with their keep-alive idle lists and saved TLS sessions,
  * asynchronous DNS (uv_getaddrinfo), connecting (trying each resolved address, through
- * stream.c, TLS included), idle timeouts, closing idle connections the peer closed, and the
- * free list of request objects.
+ * stream.c, TLS included), idle timeouts, closing idle connections the peer closed, the
+ * bounds (POOL_MAX_ORIGINS origins, idle connections per origin and in all), handing a
+ * connection's stream over after a 101, and the free list of request objects.
  * Must not: write requests or parse responses (http1_client.c), decide anything about
  * failover (proxy.c), or block. */
 #include <stdio.h>

@@ -18,7 +18,7 @@
 typedef struct webhook {
     arena_t arena;
     upstream_url_t url;
-    char *label; /* scheme://host/path, never the query: webhook URLs carry secrets there */
+    char *label; /* scheme://host only: webhook URLs carry secrets in the path and the query */
     int status;
     size_t bytes; /* counted in the pool's webhook_bytes while in flight */
     upstream_pool_t *pool;

@@ -1,6 +1,7 @@
 /* reload.h: when the scripts load again, and what an operator can see of it. Triggers:
  * SIGHUP (main.c), POST /admin/reload (admin.c) and a change of any .lua file in the scripts
- * folder (watched here, debounced so an editor's save sequence loads once). */
+ * folder or the subfolders its modules are in (watched here, debounced so an editor's save
+ * sequence loads once). */
 #ifndef ROUTE_RELOAD_H
 #define ROUTE_RELOAD_H
 

@@ -4,7 +4,8 @@
  * embedded default hooks and the operator's scripts/route.lua over them, checking the table
  * it returns, which of its hooks are route.defaults' C functions, the hook sets (the current
  * one and those a reload replaced while requests still pin them), hot reload (dropping the
- * modules that came from the scripts folder so edited helpers load again), the `require`
+ * modules that came from the scripts folder so edited helpers load again, and putting the
+ * running hooks' copies back when the load fails), the `require`
  * searcher that finds the folder's modules in the loaded snapshot, and hooks_free.
  * Must not: read files once the loop runs (route.lua and its helpers come from a
  * script_snapshot_t that reload.c read on a work thread; only hooks_new and the synchronous
@@ -26,6 +27,9 @@
 #include "route/util.h"
 
 static const char *const hook_names[] = {"authorize", "pick_upstream", "on_response"};
+
+/* During a reload: the folder's modules as the running hooks required them. */
+#define REG_FOLDER_MODULES_SAVED "route.folder_modules_saved"
 
 static const unsigned hook_bits[] = {HOOK_AUTHORIZE, HOOK_PICK_UPSTREAM, HOOK_ON_RESPONSE};
 
@@ -127,16 +131,23 @@ static int load_p(lua_State *L) {
     } else {
         /* A reload must pick up edited helper modules too, not the copies require cached;
          * modules from elsewhere (system libraries) stay loaded, which also keeps their
-         * files from being read again on the loop. */
+         * files from being read again on the loop. The copies taken out are kept aside until
+         * the load is known to have worked (restore_folder_modules). */
         lua_getfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
         luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+        lua_newtable(L); /* module name -> the value package.loaded held */
         lua_pushnil(L);
-        while (lua_next(L, -3)) {
+        while (lua_next(L, -4)) {
             lua_pop(L, 1);
             lua_pushvalue(L, -1);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -5);
+            lua_rawset(L, -4); /* saved[name] = loaded[name] */
+            lua_pushvalue(L, -1);
             lua_pushnil(L);
-            lua_rawset(L, -4);
+            lua_rawset(L, -5); /* loaded[name] = nil */
         }
+        lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES_SAVED);
         lua_pop(L, 2);
         lua_newtable(L);
         lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
@@ -212,6 +223,49 @@ static int load_p(lua_State *L) {
     return 0;
 }
 
+/* After a reload that failed: package.loaded holds the running hooks' folder modules again,
+ * not those the failed load required from the new files (a hook that requires lazily would
+ * otherwise run code of the load that was refused). */
+static int restore_folder_modules(lua_State *L) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_pushnil(L);
+            lua_rawset(L, -5);
+        }
+    }
+    lua_pop(L, 1);
+    lua_newtable(L); /* the new REG_FOLDER_MODULES: the restored names */
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES_SAVED);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -6); /* loaded[name] = value */
+            lua_pushvalue(L, -1);
+            lua_pushboolean(L, 1);
+            lua_rawset(L, -5); /* modules[name] = true */
+        }
+    }
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES_SAVED);
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int drop_saved_modules(lua_State *L) {
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_FOLDER_MODULES_SAVED);
+    return 0;
+}
+
 /* The current set is replaced: it goes when its last request lets go of it. */
 static void retire(hooks_t *h, hookset_t *old) {
     if (!old) return;
@@ -232,6 +286,12 @@ static int run_load(hooks_t *h, load_job_t *job, char **msg) {
     int rc = vm_run_protected(h, load_p, job, msg);
     h->loading_snap = NULL;
     h->loading = 0;
+    if (!job->first) {
+        char *ignored = NULL;
+        vm_run_protected(h, rc != 0 ? restore_folder_modules : drop_saved_modules, NULL,
+                         &ignored);
+        free(ignored);
+    }
     if (rc != 0) {
         free(job->set);
         return rc;
