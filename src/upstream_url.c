@@ -27,8 +27,10 @@ int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, con
         return -1;
     }
     const char *host_end, *host_start = p;
-    const char *slash = strchr(p, '/');
-    const char *auth_end = slash ? slash : p + strlen(p);
+    /* The authority ends at the path, the query or the fragment: a key in an endpoint's query
+     * (https://host?api-key=...) must never become part of the host, which errors and logs
+     * name. */
+    const char *auth_end = p + strcspn(p, "/?#");
     if (memchr(p, '@', (size_t)(auth_end - p))) {
         *why = "user info in endpoint URLs is not supported";
         return -1;

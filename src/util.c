@@ -3,9 +3,9 @@
  * growable buffers, number text, refbufs and logging. It must stay free of HTTP,
  * SQLite and Lua, and must never log secrets (callers pass none).
  *
- * The one piece of global mutable state in the project is the log level below: it is set
- * once at start-up, before any thread exists, and only read afterwards, so threading it
- * through every call that may log would buy nothing. */
+ * The only global mutable state in the project is the log configuration below (level and
+ * text/JSON format): it is set once at start-up, before any thread exists, and only read
+ * afterwards, so threading it through every call that may log would buy nothing. */
 #include "route/util.h"
 
 #include <errno.h>

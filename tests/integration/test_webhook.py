@@ -245,3 +245,21 @@ return {
     log = p.stderr_text()
     assert log.count("webhooks: 256 in flight") == 1, log[-3000:]
     sink.wait_for_requests(200, timeout=10)
+
+
+def test_webhook_url_fragment_stays_home(proxy_factory, mock, mock_factory, tmp_path):
+    # The query goes with the POST (services put their token there); a fragment never does.
+    sink = mock_factory("sink")
+    sink.set_default(Json({"ok": 1}))
+    (tmp_path / "route.lua").write_text('''
+local route = require "route"
+return {
+  on_response = function(req, res)
+    route.http_post("%s/collect?k=v#frag", "{}")
+  end,
+}
+''' % sink.url.replace("http://", "HTTP://"))
+    p = proxy_factory(upstreams=[(SK_A, mock.endpoint())], scripts_dir=tmp_path)
+    assert p.request("POST", CHAT, chat_body()).status == 200
+    got = sink.wait_for_requests(1, timeout=5)[0]
+    assert got.path == "/collect" and got.query == "k=v", (got.path, got.query)

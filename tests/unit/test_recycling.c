@@ -181,6 +181,16 @@ static void test_url_cache(void) {
     upstream_url_ref_t *r2 = upstream_url_get(ctx, copy, &u2, &label, &why);
     CHECK(r2 == r1 && u2 == u1);
     upstream_url_release(r2);
+    /* A query or fragment never becomes part of the host (errors and logs name the host). */
+    const upstream_url_t *u3 = NULL;
+    upstream_url_ref_t *r3 =
+        upstream_url_get(ctx, "https://h.example?api-key=SECRET", &u3, &label, &why);
+    CHECK(r3 && strcmp(u3->host, "h.example") == 0 && strcmp(u3->host_header, "h.example") == 0);
+    CHECK(u3->port == 443 && strcmp(u3->base_path, "") == 0 && !strstr(label, "SECRET"));
+    upstream_url_release(r3);
+    r3 = upstream_url_get(ctx, "http://h.example:8080#frag", &u3, &label, &why);
+    CHECK(r3 && strcmp(u3->host, "h.example") == 0 && u3->port == 8080);
+    upstream_url_release(r3);
     /* Invalid endpoints are reported, every time. */
     CHECK(upstream_url_get(ctx, "ftp://x", &u2, &label, &why) == NULL && why &&
           strstr(why, "http://"));
