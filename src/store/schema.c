@@ -487,18 +487,45 @@ fail:
     return NULL;
 }
 
+/* file: URI of path with immutable=1, or NULL when out of memory. */
+static char *immutable_uri(const char *path) {
+    buf_t b = {0};
+    int rc = buf_appends(&b, "file:");
+    for (const unsigned char *p = (const unsigned char *)path; *p && rc == 0; p++)
+        rc = *p == '%' || *p == '?' || *p == '#' || *p < 0x21 || *p >= 0x7f
+                 ? buf_printf(&b, "%%%02X", *p)
+                 : buf_append(&b, (const char *)p, 1);
+    if (rc == 0) rc = buf_appends(&b, "?immutable=1");
+    if (rc == 0 && buf_append(&b, "", 1) == 0) return b.data;
+    buf_free(&b);
+    return NULL;
+}
+
+static store_snapshot_t *open_and_read(store_t *s, const char *name, int flags) {
+    if (sqlite3_open_v2(name, &s->sync_db, flags, NULL) != SQLITE_OK) return NULL;
+    sqlite3_busy_timeout(s->sync_db, STORE_BUSY_TIMEOUT_MS);
+    return store_snapshot_read(s);
+}
+
 store_t *store_open_readonly(const char *path, char **err) {
     store_t *s = store_alloc(err);
     if (!s) return NULL;
     /* No writer: its statements, thread and queue stay empty, so store_close only closes. */
-    if (sqlite3_open_v2(path, &s->sync_db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        store_set_err(err, s->sync_db);
-        store_free(s);
-        return NULL;
+    store_snapshot_t *first = open_and_read(s, path, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX);
+    int code = s->sync_db ? sqlite3_extended_errcode(s->sync_db) : SQLITE_NOMEM;
+    if (!first && ((code & 0xff) == SQLITE_READONLY || (code & 0xff) == SQLITE_CANTOPEN)) {
+        /* A WAL database read by a user who may not create its -wal/-shm (an operator
+         * checking the service's file): read it as immutable. That skips the WAL and its
+         * locks, which is right for a check: it sees the last checkpointed state. */
+        char *uri = immutable_uri(path);
+        if (uri) {
+            sqlite3_close(s->sync_db);
+            s->sync_db = NULL;
+            first = open_and_read(s, uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
+                                              SQLITE_OPEN_URI);
+            free(uri);
+        }
     }
-    sqlite3_busy_timeout(s->sync_db, STORE_BUSY_TIMEOUT_MS);
-    store_snapshot_t *first = store_snapshot_read(s);
     if (!first) {
         store_set_err(err, s->sync_db);
         store_free(s);

@@ -6,6 +6,7 @@ database (it opens it read-only and never creates it)."""
 import hashlib
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import routetest
 
@@ -181,3 +182,41 @@ def test_a_post_made_at_load_finishes_first(binary, tmp_path, mock):
     assert r.returncode == 0, r.stderr
     routetest.wait_until(lambda: any(q.path.endswith("/hook") for q in mock.requests),
                          timeout=5, message="the post at load")
+
+
+def test_check_by_a_user_who_cannot_write_the_database(binary, tmp_path):
+    # An operator checks the service's WAL database without the right to create its -wal and
+    # -shm: the check reads it as immutable and passes, as a start by the service would.
+    import os
+    import shutil
+    import tempfile
+    home = Path(tempfile.mkdtemp(prefix="route-check-ro-"))
+    try:
+        os.chmod(home, 0o755)
+        seed(binary, home, "timeout=300")
+        (home / "scripts").mkdir(exist_ok=True)
+        # The one-shot commands checkpointed and closed: only the main file holds the data.
+        for extra in ("db.sqlite-wal", "db.sqlite-shm"):
+            if (home / extra).exists():
+                (home / extra).unlink()
+        os.chmod(home / "db.sqlite", 0o444)
+        os.chmod(home / "scripts", 0o755)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        # A copy nobody may run, wherever the build tree lives (a 0700 home in CI).
+        own_binary = home / "openai-api-route"
+        shutil.copy(binary, own_binary)
+        os.chmod(own_binary, 0o755)
+        os.chmod(home, 0o555)
+        argv = [str(own_binary), "-check", "-database", str(home / "db.sqlite"), "-scripts",
+                str(home / "scripts")]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, cwd="/", preexec_fn=as_nobody)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith("check ok") and "2 config key(s) valid" in r.stdout, r.stdout
+    finally:
+        os.chmod(home, 0o755)
+        shutil.rmtree(home, ignore_errors=True)
