@@ -14,8 +14,10 @@ typedef struct {
 
 struct sse_parser {
     sse_event_cb cb;
+    sse_boundary_cb boundary_cb;
     void *ud;
     size_t max_event;
+    const char *feed_start; /* the caller's buffer in this sse_feed, for boundary offsets */
 
     /* A line cut by the end of a feed; in_line is set even when its bytes were not kept
      * (dropped event) because an unterminated line is still a non-blank line. */
@@ -124,18 +126,19 @@ static void set_event(sse_parser_t *p, const char *v, size_t n, int stable) {
     }
 }
 
-static void process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
+/* 1 when the line was blank (an event's end). */
+static int process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
     if (n == 0) {
         dispatch(p);
-        return;
+        return 1;
     }
-    if (p->drop) return;
+    if (p->drop) return 0;
     if (n > p->max_event - p->size) {
         drop_event(p);
-        return;
+        return 0;
     }
     p->size += n;
-    if (s[0] == ':') return;
+    if (s[0] == ':') return 0;
     /* Nearly every line of an API stream is "data: ...": no search for its colon. */
     if (n >= 5 && memcmp(s, "data:", 5) == 0) {
         const char *v = s + 5;
@@ -145,7 +148,7 @@ static void process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
             vlen--;
         }
         add_data(p, v, vlen, stable);
-        return;
+        return 0;
     }
     const char *colon = memchr(s, ':', n);
     size_t flen = colon ? (size_t)(colon - s) : n;
@@ -160,6 +163,7 @@ static void process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
     else if (flen == 5 && memcmp(s, "event", 5) == 0)
         set_event(p, v, vlen, stable);
     /* id, retry and unknown fields carry nothing the proxy uses. */
+    return 0;
 }
 
 /* Keeps the start of a line that the feed cut, within the event's budget. */
@@ -222,10 +226,15 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             process_line(p, p->line.p, p->drop ? 1 : p->line.len, 0);
             p->line.len = 0;
             p->in_line = 0;
+            s = eol + 1;
         } else {
-            process_line(p, s, (size_t)(eol - s), 1);
+            int blank = process_line(p, s, (size_t)(eol - s), 1);
+            s = eol + 1;
+            if (*eol == '\r' && s < end && *s == '\n') s++;
+            if (blank && p->boundary_cb) p->boundary_cb(p->ud, (size_t)(s - p->feed_start));
+            if (*eol == '\r' && s == end) p->pending_cr = 1;
+            continue;
         }
-        s = eol + 1;
         if (*eol == '\r') {
             if (s == end)
                 p->pending_cr = 1;
@@ -245,8 +254,17 @@ sse_parser_t *sse_new(sse_event_cb cb, void *ud, size_t max_event) {
     return p;
 }
 
+void sse_set_boundary_cb(sse_parser_t *p, sse_boundary_cb cb) {
+    if (p) p->boundary_cb = cb;
+}
+
+int sse_at_boundary(const sse_parser_t *p) {
+    return !p || (!p->in_line && !p->has_data && !p->has_event && !p->size && !p->drop);
+}
+
 void sse_feed(sse_parser_t *p, const char *data, size_t len) {
     if (!p || !len) return;
+    p->feed_start = data;
     /* A leading BOM is ignored (WHATWG); it may arrive split across feeds. */
     while (p->bom >= 0 && len) {
         if (*data != bom_bytes[p->bom]) {

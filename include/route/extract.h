@@ -33,10 +33,30 @@ extract_t *extract_pool_get(extract_pool_t *pool, const char *content_type,
 void extract_pool_put(extract_pool_t *pool, extract_t *x);
 void extract_pool_release(extract_pool_t *pool);
 
-/* Results, valid after extract_finish until extract_free. */
+/* Results, valid after extract_finish until extract_free. The text is the Chat Completions
+ * choices[0] content or text, or the Responses API's output_text (its deltas in a stream);
+ * usage the Chat names or the Responses API's input/output names (prompt and total needed,
+ * completion 0 when absent, as in an embeddings reply). */
 const char *extract_content(const extract_t *x, size_t *len); /* NULL when none */
 const char *extract_model(const extract_t *x);                /* NULL when none */
 int extract_usage(const extract_t *x, int64_t *prompt, int64_t *completion, int64_t *total);
+/* The subsets a usage reports: EXTRACT_HAS_CACHED (prompt_tokens_details.cached_tokens or
+ * input_tokens_details.cached_tokens) and EXTRACT_HAS_REASONING (completion_tokens_details /
+ * output_tokens_details .reasoning_tokens), or 0. */
+enum { EXTRACT_HAS_CACHED = 1, EXTRACT_HAS_REASONING = 2 };
+int extract_usage_details(const extract_t *x, int64_t *cached, int64_t *reasoning);
+
+/* ---- SSE streams, while being fed ---- */
+int extract_is_sse(const extract_t *x);
+/* The stream's `data: [DONE]` arrived. */
+int extract_saw_done(const extract_t *x);
+/* The bytes fed so far end between two events. */
+int extract_at_event_boundary(const extract_t *x);
+/* For a proxy that forwards a stream by whole events: during extract_feed, cb runs at the end
+ * of each event (blank line) with the offset just past it in the fed buffer, and usage_only
+ * set when that event was a usage-only chunk ("choices": [] and a "usage" object). */
+typedef void (*extract_cut_cb)(void *ud, size_t end, int usage_only);
+void extract_set_cut_cb(extract_t *x, extract_cut_cb cb, void *ud);
 
 /* Reads the top-level "model" (string) and "stream" (bool) of a JSON request body.
  * *model is malloc'd or NULL. Never fails: a non-JSON body gives NULL/0. */
