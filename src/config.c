@@ -45,6 +45,7 @@ static const key_spec_t keys[] = {
     {"records_queue_max", T_INT, OFF(records_queue_max), 1, 100000000, 100000, NULL},
     {"records_queue_max_mb", T_INT, OFF(records_queue_max_mb), 1, 1048576, 64, NULL},
     {"metrics_public", T_BOOL, OFF(metrics_public), 0, 1, 0, NULL},
+    {"force_stream_usage", T_BOOL, OFF(force_stream_usage), 0, 1, 1, NULL},
     {"policy", T_STRING, OFF(policy), 0, 0, 0, "main"},
     {"authorization", T_TOKENS, OFF(tokens), 0, 0, 0, ""},
     {"forward_headers", T_STRING, OFF(forward_headers), 0, 0, 0, ""},
@@ -217,6 +218,7 @@ static const route_config_t compiled_defaults = {
     .records_queue_max = 100000,
     .records_queue_max_mb = 64,
     .metrics_public = 0,
+    .force_stream_usage = 1,
     .policy = "main",
     .tokens = NULL, /* accepts nothing */
     .forward_headers = "",

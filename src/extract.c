@@ -1444,6 +1444,32 @@ int extract_usage(const extract_t *x, int64_t *prompt, int64_t *completion, int6
     return 1;
 }
 
+int extract_json_find_member(const char *buf, size_t len, size_t at, unsigned depth,
+                             const char *key, extract_json_member_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (at >= len || buf[at] != '{' || depth < 1 || depth >= JSON_MAX_DEPTH) return -1;
+    const unsigned char *base = (const unsigned char *)buf;
+    scan_t s = {base + at, base + len, NULL};
+    size_t key_len = strlen(key);
+    int r = open_object(&s);
+    out->has_members = r == 1;
+    while (r == 1) {
+        jstr_t k;
+        if (scan_key(&s, &k)) return -1;
+        const unsigned char *v = s.p;
+        if (skip_value(&s, depth + 1)) return -1;
+        if (key_is(&k, key, key_len)) {
+            out->found = 1;
+            out->value_start = (size_t)(v - base);
+            out->value_end = (size_t)(s.p - base);
+        }
+        r = next_member(&s, '}');
+    }
+    if (r < 0) return -1;
+    out->close = (size_t)(s.p - base) - 1;
+    return 0;
+}
+
 int extract_usage_details(const extract_t *x, int64_t *cached, int64_t *reasoning) {
     if (!x || !x->has_usage) return 0;
     int has = 0;

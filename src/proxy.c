@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "route/body_edit.h"
 #include "route/config.h"
 #include "route/extract.h"
 #include "route/hooks.h"
@@ -38,6 +39,21 @@ typedef struct proxy_req {
     int64_t ttfb_ns;
     int status, sent_head, finished, client_aborted, asis;
     const char *error;
+
+    /* The body sent upstream: the client's, or a copy that asks for the usage chunk. */
+    const char *up_body;
+    size_t up_body_len;
+    int forced_usage; /* that copy: the usage chunk is the proxy's, kept from the client */
+    int ends_with_done; /* chat/completions or completions: a stream ends with data: [DONE] */
+    /* Forwarding by whole events (forced usage on an SSE answer), so the usage-only event can
+     * be left out: held keeps the start of an event still arriving; during a feed, bytes
+     * [fwd_from, fwd_to) of feed are whole events to forward; held_passed: the event was too
+     * big to hold and its start went out already. */
+    int by_events, held_passed;
+    buf_t held;
+    const char *feed;
+    refbuf_t *feed_ref;
+    size_t fwd_from, fwd_to;
 } proxy_req_t;
 
 static void proxy_finish(proxy_req_t *p, int record);
@@ -113,6 +129,7 @@ static int should_fail_over(const proxy_req_t *p, int status) {
 }
 
 static void try_next_candidate(proxy_req_t *p);
+static void on_event_end(void *ud, size_t end, int usage_only);
 
 static void on_up_head(void *ud, int status, const route_header_t *headers, size_t n,
                        int64_t content_length) {
@@ -162,13 +179,106 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     if (content_type)
         p->ex =
             extract_pool_get(&p->ctx->extract_pool, content_type->value, content_type->value_len);
+    if (p->forced_usage && extract_is_sse(p->ex)) {
+        p->by_events = 1;
+        extract_set_cut_cb(p->ex, on_event_end, p);
+    }
+}
+
+/* An event bigger than this (a usage chunk is a few hundred bytes) is forwarded as it comes. */
+#define HOLD_MAX (64 * 1024)
+
+static void forward_range(proxy_req_t *p, size_t from, size_t to) {
+    if (to > from) http_response_write(p->http, p->feed + from, to - from, p->feed_ref);
+}
+
+/* extract_cut_cb: an event ended at `end` of the buffer being fed. */
+static void on_event_end(void *ud, size_t end, int usage_only) {
+    proxy_req_t *p = ud;
+    if (p->held_passed) { /* its start is out: the rest follows */
+        p->held_passed = 0;
+        usage_only = 0;
+    }
+    if (p->held.len) { /* the event began in an earlier buffer */
+        if (!usage_only) http_response_write(p->http, p->held.data, p->held.len, NULL);
+        p->held.len = 0;
+    }
+    if (usage_only) { /* the proxy asked for it; the client did not */
+        forward_range(p, p->fwd_from, p->fwd_to);
+        p->fwd_from = end;
+    }
+    p->fwd_to = end;
+}
+
+/* Forwards the whole events in data at once, keeps the start of the next one. */
+static void forward_by_events(proxy_req_t *p, const char *data, size_t len, refbuf_t *ref) {
+    p->feed = data;
+    p->feed_ref = ref;
+    p->fwd_from = p->fwd_to = 0;
+    extract_feed(p->ex, data, len);
+    forward_range(p, p->fwd_from, p->fwd_to);
+    size_t rest = len - p->fwd_to;
+    if (p->held_passed) {
+        forward_range(p, p->fwd_to, len);
+    } else if (rest > HOLD_MAX - p->held.len) {
+        if (p->held.len) http_response_write(p->http, p->held.data, p->held.len, NULL);
+        p->held.len = 0;
+        forward_range(p, p->fwd_to, len);
+        p->held_passed = 1;
+    } else if (rest && buf_append(&p->held, data + p->fwd_to, rest) != 0) {
+        forward_range(p, p->fwd_to, len); /* no memory to hold it: let it go as it is */
+        p->held_passed = 1;
+    }
+    p->feed = NULL;
+    p->feed_ref = NULL;
 }
 
 static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
     proxy_req_t *p = ud;
-    if (p->ex) extract_feed(p->ex, data, len);
-    if (http_response_write(p->http, data, len, ref) != 0) return;
+    if (p->by_events) {
+        forward_by_events(p, data, len, ref);
+        if (!http_request_client_connected(p->http)) return;
+    } else {
+        if (p->ex) extract_feed(p->ex, data, len);
+        if (http_response_write(p->http, data, len, ref) != 0) return;
+    }
     if (http_response_pending(p->http) > HTTP_WRITE_HIGH_WATER) upstream_pause(p->up);
+}
+
+/* The upstream broke a response that already started. An SSE client gets one last event
+ * saying so and the proper end of the body, so an SDK raises instead of returning a cut
+ * answer as if it were whole; any other body is cut (no terminating chunk), which tells an
+ * HTTP client the same. at_boundary: the bytes forwarded so far end between events. */
+static void end_broken_response(proxy_req_t *p, int at_boundary) {
+    if (!p->ex || !extract_is_sse(p->ex)) {
+        http_response_abort(p->http);
+        return;
+    }
+    if (p->by_events && !p->held_passed) {
+        p->held.len = 0; /* never forwarded: the client is between events */
+        at_boundary = 1;
+    }
+    buf_t *ev = &p->ctx->scratch;
+    ev->len = 0;
+    /* An event cut short is ended first, so the error is an event of its own. */
+    if (!at_boundary) buf_appends(ev, "\n\n");
+    buf_appends(ev, "data: {\"error\": {\"message\": ");
+    buf_append_json_string(ev, p->error, strlen(p->error));
+    buf_appends(ev, ", \"type\": \"upstream_error\"}}\n\n");
+    if (ev->data) http_response_write(p->http, ev->data, ev->len, NULL);
+    ev->len = 0;
+    http_response_end(p->http);
+}
+
+/* The exchange's error for an upstream that failed after the response head went out. */
+static void set_broken_error(proxy_req_t *p, route_attempt_t *a, int kind, const char *why) {
+    a->failed = 1;
+    a->error = arena_strdup(http_request_arena(p->http), why);
+    p->error = arena_printf(http_request_arena(p->http), "%s (upstream %s: %s)",
+                            kind == UPSTREAM_ERR_CLOSED ? "upstream closed mid-body"
+                                                        : "upstream failed mid-body",
+                            a->endpoint, why);
+    if (!p->error) p->error = "upstream failed mid-body";
 }
 
 static void on_client_drain(http_request_t *http) {
@@ -179,6 +289,19 @@ static void on_client_drain(http_request_t *http) {
 static void on_up_done(void *ud) {
     proxy_req_t *p = ud;
     p->up = NULL;
+    int at_boundary = extract_at_event_boundary(p->ex);
+    if (p->ex && extract_is_sse(p->ex)) extract_finish(p->ex); /* a last unended event too */
+    /* A chat stream is complete with its [DONE]: without it the answer may be cut short. */
+    if (p->ends_with_done && p->status >= 200 && p->status < 300 && p->ex &&
+        extract_is_sse(p->ex) && !extract_saw_done(p->ex)) {
+        set_broken_error(p, &p->attempts[p->n_attempts - 1], UPSTREAM_ERR_CLOSED,
+                         "the stream ended before data: [DONE]");
+        end_broken_response(p, at_boundary);
+        proxy_finish(p, 1);
+        return;
+    }
+    if (p->held.len) http_response_write(p->http, p->held.data, p->held.len, NULL);
+    p->held.len = 0;
     http_response_end(p->http);
     proxy_finish(p, 1);
 }
@@ -200,10 +323,9 @@ static void on_up_error(void *ud, int kind, const char *message) {
         try_next_candidate(p);
         return;
     }
-    /* Bytes already reached the client: no failover; cut the response so it sees the end. */
-    p->error = arena_printf(http_request_arena(p->http), "upstream %s failed mid-response: %s",
-                            a->endpoint, message);
-    http_response_abort(p->http);
+    /* Bytes already reached the client: no failover; it must see that the answer broke. */
+    set_broken_error(p, a, kind, message);
+    end_broken_response(p, extract_at_event_boundary(p->ex));
     proxy_finish(p, 1);
 }
 
@@ -299,12 +421,10 @@ static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) 
         append3(b, ": ", v->value, v->value_len, "\r\n");
     }
     /* The body is complete in memory, so it always goes with a Content-Length. */
-    size_t body_len = 0;
-    http_request_body(h, &body_len);
-    if (body_len || http_request_header(h, "content-length") ||
+    if (p->up_body_len || http_request_header(h, "content-length") ||
         http_request_header(h, "transfer-encoding")) {
         char num[24];
-        size_t n = util_fmt_i64(num, (int64_t)body_len);
+        size_t n = util_fmt_i64(num, (int64_t)p->up_body_len);
         append3(b, "Content-Length: ", num, n, "\r\n");
     }
 }
@@ -340,15 +460,14 @@ static void try_next_candidate(proxy_req_t *p) {
         buf_t *hdrs = &ctx->scratch;
         hdrs->len = 0;
         build_headers(p, c, hdrs);
-        size_t o_body_len = 0;
         upstream_request_opts_t o = {
             .url = p->url,
             .method = http_request_method(p->http),
             .target = build_target(p),
             .headers = hdrs->data,
             .headers_len = hdrs->len,
-            .body = http_request_body(p->http, &o_body_len),
-            .body_len = o_body_len,
+            .body = p->up_body,
+            .body_len = p->up_body_len,
             .head_request = strcmp(http_request_method(p->http), "HEAD") == 0,
             .connect_timeout_ms = to_ms(connect),
             .header_timeout_ms = to_ms(headers),
@@ -383,6 +502,27 @@ static void try_next_candidate(proxy_req_t *p) {
     proxy_finish(p, 1);
 }
 
+/* A stream to chat/completions or completions that did not ask for its usage gets it anyway
+ * (config force_stream_usage): the accounting needs it, and the usage chunk it adds is kept
+ * from the client (forward_by_events). A body the edit cannot parse goes as it came. */
+static void force_stream_usage(proxy_req_t *p) {
+    const char *path = http_request_path(p->http);
+    p->ends_with_done =
+        strcmp(path, "/v1/chat/completions") == 0 || strcmp(path, "/v1/completions") == 0;
+    if (!p->ends_with_done || !p->rreq.stream || !config_current(p->ctx)->force_stream_usage ||
+        strcmp(http_request_method(p->http), "POST") != 0)
+        return;
+    body_edit_t e;
+    if (body_edit_include_usage(p->up_body, p->up_body_len, &e) != 1) return;
+    size_t n = body_edit_len(p->up_body_len, &e);
+    char *b = arena_alloc(http_request_arena(p->http), n);
+    if (!b) return;
+    body_edit_apply(p->up_body, p->up_body_len, &e, b);
+    p->up_body = b;
+    p->up_body_len = n;
+    p->forced_usage = 1;
+}
+
 /* ---------------------------------------------------------------- life */
 
 static void on_client_abort(http_request_t *http) {
@@ -393,7 +533,8 @@ static void on_client_abort(http_request_t *http) {
         upstream_cancel(p->up);
         p->up = NULL;
     }
-    p->error = "client disconnected";
+    /* The shutdown grace being over closes every client: that is not the client's doing. */
+    p->error = p->ctx->shutdown_closing ? "shutdown" : "client disconnected";
     proxy_finish(p, 1);
 }
 
@@ -420,6 +561,14 @@ static void proxy_finish(proxy_req_t *p, int record) {
         res.model = extract_model(p->ex);
         res.has_usage =
             extract_usage(p->ex, &res.prompt_tokens, &res.completion_tokens, &res.total_tokens);
+        /* All zeros is what some servers send when they counted nothing: no usage known. */
+        if (res.has_usage && !res.prompt_tokens && !res.completion_tokens && !res.total_tokens)
+            res.has_usage = 0;
+        int details = res.has_usage ? extract_usage_details(p->ex, &res.cached_tokens,
+                                                            &res.reasoning_tokens)
+                                    : 0;
+        res.has_cached = (details & EXTRACT_HAS_CACHED) != 0;
+        res.has_reasoning = (details & EXTRACT_HAS_REASONING) != 0;
     }
     if (record) {
         /* Accounting is C's, whatever the hooks do: on_response only observes (it may add to
@@ -436,6 +585,7 @@ static void proxy_finish(proxy_req_t *p, int record) {
         metrics_observe_request(p->ctx->metrics, res.status, res.upstream_id, res.upstream_endpoint,
                                 elapsed, p->ttfb_ns, res.prompt_tokens, res.completion_tokens);
     if (p->ex) extract_pool_put(&p->ctx->extract_pool, p->ex);
+    buf_free(&p->held);
     for (size_t i = 0; i < p->n_attempts; i++)
         upstream_url_release(p->url_refs[i]);
     http_request_set_handler(http, NULL, NULL, NULL);
@@ -481,6 +631,9 @@ void proxy_handle(http_request_t *http) {
         proxy_finish(p, 1);
         return;
     }
+    p->up_body = body;
+    p->up_body_len = body_len;
+    force_stream_usage(p);
     p->attempts = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->attempts));
     p->url_refs = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->url_refs));
     if (!p->attempts || !p->url_refs) {

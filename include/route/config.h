@@ -26,6 +26,9 @@ typedef struct route_config {
     int64_t records_queue_max;
     int64_t records_queue_max_mb;
     int metrics_public;
+    /* 1: a stream to chat/completions or completions asks the upstream for its usage chunk
+     * (stream_options.include_usage), recorded and kept from the client that did not ask */
+    int force_stream_usage;
     const char *policy;          /* "main" */
     const auth_tokens_t *tokens; /* parsed `authorization` */
     const char *forward_headers; /* comma-separated extra request headers, "" for none */

@@ -65,6 +65,18 @@ void extract_request_fields(const char *body, size_t len, char **model, int *str
 void extract_request_fields_arena(const char *body, size_t len, arena_t *arena, char **model,
                                   int *stream);
 
+/* The scanner's JSON, for body_edit.c's edits: validates the object at buf[at] (its opening
+ * '{'; depth: its nesting level, the top level 1) as json_loadb would, and finds the value of
+ * its last member named key (the one a JSON reader keeps). 0, or -1 when malformed. */
+typedef struct extract_json_member {
+    size_t close; /* offset of the object's closing '}' */
+    int has_members;
+    int found;
+    size_t value_start, value_end; /* the value's bytes: [start, end) */
+} extract_json_member_t;
+int extract_json_find_member(const char *buf, size_t len, size_t at, unsigned depth,
+                             const char *key, extract_json_member_t *out);
+
 /* For tests and benchmarks. The fast path (on by default) reads an SSE event that has the
  * shape of the previous one by comparing it with that one; off, every event goes through the
  * full JSON scanner. The results are the same either way. */
