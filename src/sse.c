@@ -220,27 +220,24 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             keep_partial(p, s, (size_t)(end - s));
             break;
         }
+        int blank = 0;
         if (p->in_line) {
             keep_partial(p, s, (size_t)(eol - s));
             /* Non-blank whatever was kept: process_line skips the bytes when dropping. */
             process_line(p, p->line.p, p->drop ? 1 : p->line.len, 0);
             p->line.len = 0;
             p->in_line = 0;
-            s = eol + 1;
         } else {
-            int blank = process_line(p, s, (size_t)(eol - s), 1);
-            s = eol + 1;
-            if (*eol == '\r' && s < end && *s == '\n') s++;
-            if (blank && p->boundary_cb) p->boundary_cb(p->ud, (size_t)(s - p->feed_start));
-            if (*eol == '\r' && s == end) p->pending_cr = 1;
-            continue;
+            blank = process_line(p, s, (size_t)(eol - s), 1);
         }
+        s = eol + 1;
         if (*eol == '\r') {
             if (s == end)
                 p->pending_cr = 1;
             else if (*s == '\n')
                 s++;
         }
+        if (blank && p->boundary_cb) p->boundary_cb(p->ud, (size_t)(s - p->feed_start));
     }
     own_fields(p);
 }
