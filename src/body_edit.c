@@ -1,6 +1,8 @@
-/* body_edit.c: owns the edits the proxy makes to a request body before it goes upstream (the
- * forced stream_options.include_usage), as single replacements located with extract.c's
- * validating JSON scanner, so that every byte outside the edit stays as the client sent it.
+/* body_edit.c: owns the edits the proxy makes to JSON on its way through: a request body
+ * before it goes upstream (the forced stream_options.include_usage) and the "usage": null
+ * that forcing makes an upstream add to every chunk of the stream back, as single
+ * replacements located with extract.c's validating JSON scanner, so that every byte outside
+ * the edit stays as it came.
  * Must not: decide when to edit (proxy.c), allocate (the caller holds the result), or edit
  * anything it could not parse: a body that is not one valid JSON object is left alone. */
 #include "route/body_edit.h"
@@ -64,6 +66,22 @@ int body_edit_include_usage(const char *body, size_t len, body_edit_t *e) {
         return 1;
     }
     return 0;
+}
+
+int body_edit_remove_null_member(const char *json, size_t len, const char *key, body_edit_t *e) {
+    memset(e, 0, sizeof(*e));
+    size_t at = 0;
+    while (at < len && is_ws(json[at]))
+        at++;
+    extract_json_member_t m;
+    if (!json || extract_json_find_member(json, len, at, 1, key, &m) != 0) return -1;
+    for (size_t i = m.close + 1; i < len; i++)
+        if (!is_ws(json[i])) return -1;
+    if (!m.found || !value_is(json, &m, "null")) return 0;
+    e->at = m.member_start;
+    e->cut = m.member_end - m.member_start;
+    e->insert = "";
+    return 1;
 }
 
 size_t body_edit_len(size_t len, const body_edit_t *e) {

@@ -66,8 +66,8 @@ typedef struct {
     int has_model, has_content, has_text, stream;
     jstr_t model, content, text;
     usage_t usage;
-    /* "choices": [] (a usage-only chunk when it has usage) */
-    int choices_empty;
+    /* "choices": [] (a usage-only chunk when it has usage); the top-level "usage" is null */
+    int choices_empty, usage_null;
     /* Responses API: the top-level "type" is response.output_text.delta, its "delta"; the
      * "model" of a nested "response" object; a JSON body's "output" array (raw, validated) */
     int is_text_delta, has_delta, has_response, has_rmodel;
@@ -775,12 +775,13 @@ static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d,
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "choices")) {
             r = walk_choices(&s, d, stream);
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "usage")) {
+            d->usage_null = *s.p == 'n';
             r = walk_usage(&s, &d->usage, 2);
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "type")) {
             jstr_t type;
             int is_str;
             r = take_string(&s, &is_str, &type, 2, ROLE_LITERAL);
-            d->is_text_delta = is_str && KEY_IS(&type, "response.output_text.delta");
+            d->is_text_delta = !r && is_str && KEY_IS(&type, "response.output_text.delta");
         } else if (want == WANT_RESPONSE && stream && KEY_IS(&k, "delta")) {
             r = take_string(&s, &d->has_delta, &d->delta, 2, ROLE_DELTA);
         } else if (want == WANT_RESPONSE && stream && KEY_IS(&k, "response")) {
@@ -1002,7 +1003,7 @@ struct extract {
 
     /* SSE: the stream's data: [DONE] came; the event just read was a usage-only chunk; who
      * wants the events' ends (extract_set_cut_cb). */
-    int saw_done, usage_only;
+    int saw_done, event_flags; /* EXTRACT_EVENT_* of the event just read */
     extract_cut_cb cut_cb;
     void *cut_ud;
 
@@ -1209,12 +1210,18 @@ static char *utf8_repair(const char *buf, size_t len, size_t *out_len) {
     return out;
 }
 
+static int event_flags(int stream, const doc_t *d) {
+    if (!stream) return 0;
+    return (d->choices_empty && d->usage.has ? EXTRACT_EVENT_USAGE_ONLY : 0) |
+           (d->usage_null ? EXTRACT_EVENT_USAGE_NULL : 0);
+}
+
 /* Scans a document and applies what it says, also when the scanner refused it for its
  * encoding alone (then from a repaired copy). 0 when buf itself was valid: *d holds it. */
 static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec_t *rec,
                       doc_t *d) {
     if (scan_doc(buf, len, WANT_RESPONSE, stream, d, rec) == 0) {
-        x->usage_only = stream && d->choices_empty && d->usage.has;
+        x->event_flags = event_flags(stream, d);
         apply_doc(x, d);
         return 0;
     }
@@ -1222,7 +1229,7 @@ static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec
     char *fixed = utf8_repair(buf, len, &n);
     if (!fixed) return -1;
     if (scan_doc(fixed, n, WANT_RESPONSE, stream, d, NULL) == 0) {
-        x->usage_only = stream && d->choices_empty && d->usage.has;
+        x->event_flags = event_flags(stream, d);
         apply_doc(x, d);
     }
     free(fixed);
@@ -1233,7 +1240,7 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
                      size_t data_len) {
     extract_t *x = ud;
     doc_t d;
-    x->usage_only = 0;
+    x->event_flags = 0;
     if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         x->saw_done = 1;
         return;
@@ -1243,6 +1250,7 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
     if (tried && template_match(&x->tmpl, data, data_len, &d) == 0) {
         x->miss_streak = 0;
         x->fast_events++;
+        x->event_flags = event_flags(1, &d);
         apply_doc(x, &d);
         return;
     }
@@ -1266,9 +1274,9 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
 
 static void on_boundary(void *ud, size_t end) {
     extract_t *x = ud;
-    int usage_only = x->usage_only;
-    x->usage_only = 0;
-    if (x->cut_cb) x->cut_cb(x->cut_ud, end, usage_only);
+    int flags = x->event_flags;
+    x->event_flags = 0;
+    if (x->cut_cb) x->cut_cb(x->cut_ud, end, flags);
 }
 
 /* "type/subtype" followed by the end or parameters, ASCII case-insensitive. */
@@ -1453,17 +1461,29 @@ int extract_json_find_member(const char *buf, size_t len, size_t at, unsigned de
     size_t key_len = strlen(key);
     int r = open_object(&s);
     out->has_members = r == 1;
+    const unsigned char *comma = NULL; /* before the member being read, if any */
+    int last = 0;                      /* the member found is the one just read */
     while (r == 1) {
         jstr_t k;
+        skip_ws(&s);
+        const unsigned char *key_at = s.p;
         if (scan_key(&s, &k)) return -1;
         const unsigned char *v = s.p;
         if (skip_value(&s, depth + 1)) return -1;
-        if (key_is(&k, key, key_len)) {
+        last = key_is(&k, key, key_len);
+        if (last) {
             out->found = 1;
             out->value_start = (size_t)(v - base);
             out->value_end = (size_t)(s.p - base);
+            out->member_start = (size_t)((comma ? comma : key_at) - base);
+            out->member_end = out->value_end;
         }
+        skip_ws(&s);
+        comma = s.p;
         r = next_member(&s, '}');
+        /* A first member goes with the comma after it, so that what is left stays JSON. */
+        if (last && r == 1 && out->member_start == (size_t)(key_at - base))
+            out->member_end = (size_t)(s.p - base);
     }
     if (r < 0) return -1;
     out->close = (size_t)(s.p - base) - 1;

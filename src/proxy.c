@@ -21,6 +21,7 @@
 #include "route/hooks.h"
 #include "route/metrics.h"
 #include "route/records.h"
+#include "route/sse.h"
 #include "route/store.h"
 #include "route/upstream.h"
 
@@ -129,7 +130,7 @@ static int should_fail_over(const proxy_req_t *p, int status) {
 }
 
 static void try_next_candidate(proxy_req_t *p);
-static void on_event_end(void *ud, size_t end, int usage_only);
+static void on_event_end(void *ud, size_t end, int flags);
 
 static void on_up_head(void *ud, int status, const route_header_t *headers, size_t n,
                        int64_t content_length) {
@@ -192,20 +193,58 @@ static void forward_range(proxy_req_t *p, size_t from, size_t to) {
     if (to > from) http_response_write(p->http, p->feed + from, to - from, p->feed_ref);
 }
 
-/* extract_cut_cb: an event ended at `end` of the buffer being fed. */
-static void on_event_end(void *ud, size_t end, int usage_only) {
+/* The "usage": null member in one raw event (forcing made the upstream add it to every
+ * chunk; a client that did not ask would not have had it): 1 with *e, relative to raw. */
+static int usage_null_edit(const char *raw, size_t len, body_edit_t *e) {
+    size_t at, n;
+    if (sse_event_data(raw, len, &at, &n) != 0 ||
+        body_edit_remove_null_member(raw + at, n, "usage", e) != 1)
+        return 0;
+    e->at += at;
+    return 1;
+}
+
+/* Writes (copies) one whole event, without its "usage": null when it has one. */
+static void write_event_copy(proxy_req_t *p, const char *raw, size_t len, int flags) {
+    body_edit_t e;
+    if ((flags & EXTRACT_EVENT_USAGE_NULL) && usage_null_edit(raw, len, &e)) {
+        http_response_write(p->http, raw, e.at, NULL);
+        raw += e.at + e.cut;
+        len -= e.at + e.cut;
+    }
+    http_response_write(p->http, raw, len, NULL);
+}
+
+/* extract_cut_cb: an event ended at `end` of the buffer being fed; its bytes there begin at
+ * fwd_to. The usage-only chunk is the proxy's (the client did not ask for it): left out. */
+static void on_event_end(void *ud, size_t end, int flags) {
     proxy_req_t *p = ud;
-    if (p->held_passed) { /* its start is out: the rest follows */
+    size_t start = p->fwd_to;
+    if (p->held_passed) { /* its start is out: the rest follows as it is */
         p->held_passed = 0;
-        usage_only = 0;
+        flags = 0;
     }
-    if (p->held.len) { /* the event began in an earlier buffer */
-        if (!usage_only) http_response_write(p->http, p->held.data, p->held.len, NULL);
+    if (p->held.len) { /* it began in an earlier buffer: it goes out whole from held */
+        if (!(flags & EXTRACT_EVENT_USAGE_ONLY)) {
+            if (buf_append(&p->held, p->feed + start, end - start) == 0)
+                write_event_copy(p, p->held.data, p->held.len, flags);
+            else { /* no memory: as it came */
+                http_response_write(p->http, p->held.data, p->held.len, NULL);
+                forward_range(p, start, end);
+            }
+        }
         p->held.len = 0;
+        p->fwd_from = p->fwd_to = end;
+        return;
     }
-    if (usage_only) { /* the proxy asked for it; the client did not */
-        forward_range(p, p->fwd_from, p->fwd_to);
+    body_edit_t e;
+    if (flags & EXTRACT_EVENT_USAGE_ONLY) {
+        forward_range(p, p->fwd_from, start);
         p->fwd_from = end;
+    } else if ((flags & EXTRACT_EVENT_USAGE_NULL) &&
+               usage_null_edit(p->feed + start, end - start, &e)) {
+        forward_range(p, p->fwd_from, start + e.at); /* in place, around the member */
+        p->fwd_from = start + e.at + e.cut;
     }
     p->fwd_to = end;
 }

@@ -242,6 +242,26 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
     own_fields(p);
 }
 
+int sse_event_data(const char *raw, size_t len, size_t *at, size_t *n) {
+    int found = 0;
+    for (size_t i = 0; i < len;) {
+        size_t e = i;
+        while (e < len && raw[e] != '\n' && raw[e] != '\r')
+            e++;
+        const char *s = raw + i;
+        size_t l = e - i;
+        if (l >= 4 && memcmp(s, "data", 4) == 0 && (l == 4 || s[4] == ':')) {
+            if (found++) return -1;
+            size_t v = l > 4 ? 5 : 4;
+            if (v < l && s[v] == ' ') v++;
+            *at = i + v;
+            *n = l - v;
+        }
+        i = e + (e < len && raw[e] == '\r' && e + 1 < len && raw[e + 1] == '\n' ? 2 : 1);
+    }
+    return found == 1 ? 0 : -1;
+}
+
 sse_parser_t *sse_new(sse_event_cb cb, void *ud, size_t max_event) {
     sse_parser_t *p = calloc(1, sizeof(*p));
     if (!p) return NULL;

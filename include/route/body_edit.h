@@ -20,6 +20,11 @@ typedef struct body_edit {
  * type: the upstream judges those); -1 when the body is not one valid JSON object. */
 int body_edit_include_usage(const char *body, size_t len, body_edit_t *e);
 
+/* Removes the top-level member `key` of a JSON object when its value is null (the last one,
+ * when repeated), with its comma. 1 with *e set; 0 when there is none; -1 when json is not
+ * one valid JSON object. */
+int body_edit_remove_null_member(const char *json, size_t len, const char *key, body_edit_t *e);
+
 /* The length of the edited body. */
 size_t body_edit_len(size_t len, const body_edit_t *e);
 /* Writes the edited body (body_edit_len bytes) to out. */

@@ -53,9 +53,11 @@ int extract_saw_done(const extract_t *x);
 /* The bytes fed so far end between two events. */
 int extract_at_event_boundary(const extract_t *x);
 /* For a proxy that forwards a stream by whole events: during extract_feed, cb runs at the end
- * of each event (blank line) with the offset just past it in the fed buffer, and usage_only
- * set when that event was a usage-only chunk ("choices": [] and a "usage" object). */
-typedef void (*extract_cut_cb)(void *ud, size_t end, int usage_only);
+ * of each event (blank line) with the offset just past it in the fed buffer, and flags saying
+ * what that event was: a usage-only chunk ("choices": [] and a "usage" object), a chunk with
+ * "usage": null (what an upstream adds to every chunk once include_usage was asked). */
+enum { EXTRACT_EVENT_USAGE_ONLY = 1, EXTRACT_EVENT_USAGE_NULL = 2 };
+typedef void (*extract_cut_cb)(void *ud, size_t end, int flags);
 void extract_set_cut_cb(extract_t *x, extract_cut_cb cb, void *ud);
 
 /* Reads the top-level "model" (string) and "stream" (bool) of a JSON request body.
@@ -73,6 +75,9 @@ typedef struct extract_json_member {
     int has_members;
     int found;
     size_t value_start, value_end; /* the value's bytes: [start, end) */
+    /* What removing the member removes: its key and value with the comma before it, or, for
+     * the first member, the comma after it. */
+    size_t member_start, member_end;
 } extract_json_member_t;
 int extract_json_find_member(const char *buf, size_t len, size_t at, unsigned depth,
                              const char *key, extract_json_member_t *out);

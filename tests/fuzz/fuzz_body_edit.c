@@ -52,6 +52,30 @@ static void check(const char *in, size_t size) {
         abort();
     }
     json_decref(orig);
+
+    /* The other edit: a top-level "usage": null removed, the rest the same document. */
+    rc = body_edit_remove_null_member(in, size, "usage", &e);
+    orig = json_loadb(in, size, 0, NULL);
+    valid = json_is_object(orig);
+    if (rc == 1) {
+        if (!valid || !json_is_null(json_object_get(orig, "usage"))) abort();
+        size_t n = body_edit_len(size, &e);
+        char *out = malloc(n ? n : 1);
+        if (!out) abort();
+        body_edit_apply(in, size, &e, out);
+        json_t *j = json_loadb(out, n, 0, NULL);
+        json_object_del(orig, "usage");
+        /* A repeated "usage" keeps its earlier copies: compare without any. */
+        json_object_del(j, "usage");
+        if (!json_is_object(j) || !json_equal(j, orig)) abort();
+        json_decref(j);
+        free(out);
+    } else if (rc == 0) {
+        if (!valid || json_is_null(json_object_get(orig, "usage"))) abort();
+    } else if (rc != -1 || (valid && !has_nul)) {
+        abort();
+    }
+    json_decref(orig);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -2,6 +2,7 @@
  * shapes, every byte outside the edit unchanged, and the result valid JSON (jansson) with
  * include_usage true wherever the input was valid. */
 #include "route/body_edit.h"
+#include "route/sse.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -139,7 +140,57 @@ static void test_depth(void) {
     }
 }
 
+static void removed(const char *json, int want_rc, const char *want) {
+    body_edit_t e;
+    size_t len = strlen(json);
+    int rc = body_edit_remove_null_member(json, len, "usage", &e);
+    CHECK(rc == want_rc);
+    if (rc != 1) return;
+    char out[512];
+    body_edit_apply(json, len, &e, out);
+    out[body_edit_len(len, &e)] = '\0';
+    CHECK(strcmp(out, want) == 0);
+    if (strcmp(out, want) != 0) fprintf(stderr, "  got  %s\n  want %s\n", out, want);
+    json_t *j = json_loads(out, 0, NULL);
+    CHECK(json_is_object(j) && !json_object_get(j, "usage"));
+    json_decref(j);
+}
+
+/* The "usage": null that forcing adds to every chunk, taken out for a client that did not ask. */
+static void test_remove_usage_null(void) {
+    removed("{\"id\":\"c\",\"choices\":[{\"delta\":{}}],\"usage\":null}", 1,
+            "{\"id\":\"c\",\"choices\":[{\"delta\":{}}]}");
+    removed("{\"usage\":null,\"id\":\"c\"}", 1, "{\"id\":\"c\"}");
+    removed("{ \"usage\" : null , \"id\":1 }", 1, "{  \"id\":1 }");
+    removed("{\"a\":1 , \"usage\":null\n}", 1, "{\"a\":1 \n}");
+    removed("{\"usage\":null}", 1, "{}");
+    removed("{\"a\":{\"usage\":null},\"b\":\"\\\"usage\\\":null\"}", 0, NULL);
+    removed("{\"usage\":{\"prompt_tokens\":1}}", 0, NULL);
+    removed("{\"usage\":0}", 0, NULL);
+    removed("{\"usage\":null", -1, NULL);
+    removed("[]", -1, NULL);
+}
+
+static void event_data(const char *raw, int want_rc, const char *want) {
+    size_t at = 0, n = 0;
+    int rc = sse_event_data(raw, strlen(raw), &at, &n);
+    CHECK(rc == want_rc);
+    if (rc == 0) CHECK(n == strlen(want) && memcmp(raw + at, want, n) == 0);
+}
+
+static void test_event_data(void) {
+    event_data("data: {\"a\":1}\n\n", 0, "{\"a\":1}");
+    event_data("data:{\"a\":1}\r\n\r\n", 0, "{\"a\":1}");
+    event_data("\n: ping\nevent: x\ndata:  two\rid: 3\n\n", 0, " two");
+    event_data("data\n\n", 0, "");
+    event_data("data: a\ndata: b\n\n", -1, NULL);
+    event_data("event: x\n\n", -1, NULL);
+    event_data("datum: a\n\n", -1, NULL);
+}
+
 int main(void) {
+    test_remove_usage_null();
+    test_event_data();
     test_shapes();
     test_depth();
     return TEST_DONE();

@@ -1022,7 +1022,8 @@ static void test_event_ends(void) {
     const char *e4 = strstr(e3, "\n\n") + 2;
     size_t want[5] = {(size_t)(e1 - body), (size_t)(e2 - body), (size_t)(e3 - body),
                       (size_t)(e4 - body), len};
-    int want_usage[5] = {0, 0, 1, 0, 0};
+    int want_usage[5] = {0, EXTRACT_EVENT_USAGE_NULL, EXTRACT_EVENT_USAGE_ONLY,
+                         EXTRACT_EVENT_USAGE_NULL, 0};
     /* A CRLF cut between its CR and LF ends the event at the CR: the LF goes with the next
      * bytes (a stray line end, which SSE ignores). */
     size_t crlf_cut = want[2] - 1;
