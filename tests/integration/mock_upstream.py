@@ -327,6 +327,7 @@ class Sse:
         payloads = self._events(w)
         if self.done:
             payloads.append(b"data: [DONE]\n\n")
+        self.payloads = payloads  # the bytes of each event, as written (for byte comparisons)
         hs = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")] + self.headers
         for g in self.gates.values():
             w.mock._add_waiter(g)
@@ -438,7 +439,7 @@ class ResponsesStream(Sse):
                  **kw):
         self.pieces, self.model, self.usage = list(pieces), model, usage
         kw.setdefault("done", False)
-        super().__init__([None] * (len(self.pieces) + 9), **kw)
+        super().__init__([None] * (len(self.pieces) + 8), **kw)
 
     def _events(self, w):
         model = self.model or _request_model(w.req)
