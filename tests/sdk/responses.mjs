@@ -22,9 +22,12 @@ const helper = client.responses.stream({ model: "gpt-4.1-mini", input: "Say hell
 let helperDeltas = "";
 helper.on("response.output_text.delta", (ev) => { helperDeltas += ev.delta; });
 const final = await helper.finalResponse();
+// The helper's final response carries output, not the output_text convenience field.
+const finalText = final.output.filter((o) => o.type === "message")
+  .flatMap((o) => o.content).filter((c) => c.type === "output_text").map((c) => c.text).join("");
 
 console.log(JSON.stringify({
   created: { text: created.output_text, usage: created.usage, model: created.model },
   streamed: { deltas, events },
-  helper: { text: final.output_text, deltas: helperDeltas, usage: final.usage },
+  helper: { text: finalText, deltas: helperDeltas, usage: final.usage },
 }));
