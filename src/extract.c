@@ -20,6 +20,7 @@
 #include "route/extract.h"
 #include "route/sse.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -55,23 +56,30 @@ typedef struct {
  * then the subsets the API reports. */
 enum { U_PROMPT, U_COMPLETION, U_TOTAL, U_CACHED, U_REASONING, U_COUNT };
 
+/* Small, as a template match copies a document per event. */
 typedef struct {
-    int has;          /* the value is an object */
-    int ok[U_COUNT];  /* the count is an integer */
-    int seen[U_COUNT]; /* its key is there */
+    uint8_t has;  /* the value is an object */
+    uint8_t ok;   /* bit U_xxx: the count is an integer */
+    uint8_t seen; /* bit U_xxx: its key is there */
     int64_t v[U_COUNT];
 } usage_t;
+#define U_BIT(i) (1u << (i))
 
 typedef struct {
     int has_model, has_content, has_text, stream;
     jstr_t model, content, text;
     usage_t usage;
     /* "choices": [] (a usage-only chunk when it has usage); the top-level "usage" is null */
-    int choices_empty, usage_null;
-    /* Responses API: the top-level "type" is response.output_text.delta, its "delta"; the
-     * "model" of a nested "response" object; a JSON body's "output" array (raw, validated) */
-    int is_text_delta, has_delta, has_response, has_rmodel;
-    jstr_t delta, rmodel;
+    uint8_t choices_empty, usage_null;
+    /* Responses API: the top-level "type" is response.output_text.delta, and its "delta" */
+    uint8_t is_text_delta;
+    int has_delta;
+    jstr_t delta;
+    /* What a template never has (template_match copies the members above only): a nested
+     * "response" object (Responses API lifecycle events) with its model and usage, a JSON
+     * body's "output" array (raw, validated). */
+    int has_response, has_rmodel;
+    jstr_t rmodel;
     usage_t rusage;
     const char *output;
     size_t output_len;
@@ -686,17 +694,20 @@ static int walk_choices(scan_t *s, doc_t *d, int stream) {
  * (output_tokens_details): the one count read from each, at index i. depth: the object's. */
 static int walk_details(scan_t *s, usage_t *u, int i, const char *name, size_t name_len,
                         unsigned depth) {
-    u->ok[i] = 0;
+    u->ok &= (uint8_t)~U_BIT(i);
     rec_drop_role(s, ROLE_USAGE0 + i);
     if (*s->p != '{') return skip_value(s, depth);
     int r = open_object(s);
     while (r == 1) {
         jstr_t k;
         if (scan_key(s, &k)) return -1;
-        if (key_is(&k, name, name_len)
-                ? take_int(s, &u->ok[i], &u->v[i], depth + 1, ROLE_USAGE0 + i)
-                                       : skip_member(s, depth + 1))
+        if (key_is(&k, name, name_len)) {
+            int ok;
+            if (take_int(s, &ok, &u->v[i], depth + 1, ROLE_USAGE0 + i)) return -1;
+            u->ok = (uint8_t)(ok ? u->ok | U_BIT(i) : u->ok & ~U_BIT(i));
+        } else if (skip_member(s, depth + 1)) {
             return -1;
+        }
         r = next_member(s, '}');
     }
     return r;
@@ -722,10 +733,12 @@ static int walk_usage(scan_t *s, usage_t *u, unsigned depth) {
                         KEY_IS(&k, "output_tokens_details")
                     ? -3
                     : -1;
-        if (i >= 0) u->seen[i] = 1;
-        if (i >= 0)
-            r = take_int(s, &u->ok[i], &u->v[i], depth + 1, ROLE_USAGE0 + i);
-        else if (i == -2)
+        if (i >= 0) {
+            int ok;
+            u->seen |= (uint8_t)U_BIT(i);
+            r = take_int(s, &ok, &u->v[i], depth + 1, ROLE_USAGE0 + i);
+            u->ok = (uint8_t)(ok ? u->ok | U_BIT(i) : u->ok & ~U_BIT(i));
+        } else if (i == -2)
             r = walk_details(s, u, U_CACHED, "cached_tokens", 13, depth + 1);
         else if (i == -3)
             r = walk_details(s, u, U_REASONING, "reasoning_tokens", 16, depth + 1);
@@ -938,7 +951,10 @@ static int template_match(const template_t *t, const char *buf, size_t len, doc_
     const unsigned char *tb = t->bytes, *db = (const unsigned char *)buf;
     size_t pt = 0, pd = 0;
     unsigned hi = 0;
-    *d = t->doc;
+    memcpy(d, &t->doc, offsetof(doc_t, has_response));
+    d->has_response = d->has_rmodel = 0;
+    d->rusage.has = 0;
+    d->output = NULL;
     for (;;) {
         size_t tl = t->len - pt, dl = len - pd;
         size_t m = same_prefix(tb + pt, db + pd, tl < dl ? tl : dl);
@@ -1069,13 +1085,13 @@ static void set_model(extract_t *x, const jstr_t *str) {
 /* A usage needs integer prompt and total counts, and a completion count unless there is none
  * (an embeddings reply). */
 static int apply_usage(extract_t *x, const usage_t *u) {
-    if (!u->has || !u->ok[U_PROMPT] || !u->ok[U_TOTAL] ||
-        (u->seen[U_COMPLETION] && !u->ok[U_COMPLETION]))
+    if (!u->has || !(u->ok & U_BIT(U_PROMPT)) || !(u->ok & U_BIT(U_TOTAL)) ||
+        ((u->seen & ~u->ok) & U_BIT(U_COMPLETION)))
         return 0;
     x->has_usage = 1;
     for (int i = 0; i < U_COUNT; i++) {
-        x->usage_ok[i] = u->ok[i];
-        x->usage[i] = u->ok[i] ? u->v[i] : 0;
+        x->usage_ok[i] = (u->ok >> i) & 1;
+        x->usage[i] = x->usage_ok[i] ? u->v[i] : 0;
     }
     return 1;
 }
@@ -1152,7 +1168,7 @@ static void apply_doc(extract_t *x, const doc_t *d) {
                     (const unsigned char *)d->output + d->output_len, NULL};
         each_object(x, &s, 2, add_output_item);
     }
-    if (!apply_usage(x, &d->usage)) apply_usage(x, &d->rusage);
+    if (!(d->usage.has && apply_usage(x, &d->usage)) && d->rusage.has) apply_usage(x, &d->rusage);
 }
 
 /* Unicode's "maximal subpart" rule (as WHATWG decoders and Python's errors="replace"): the
@@ -1221,7 +1237,7 @@ static int event_flags(int stream, const doc_t *d) {
 static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec_t *rec,
                       doc_t *d) {
     if (scan_doc(buf, len, WANT_RESPONSE, stream, d, rec) == 0) {
-        x->event_flags = event_flags(stream, d);
+        if (x->cut_cb) x->event_flags = event_flags(stream, d);
         apply_doc(x, d);
         return 0;
     }
@@ -1229,7 +1245,7 @@ static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec
     char *fixed = utf8_repair(buf, len, &n);
     if (!fixed) return -1;
     if (scan_doc(fixed, n, WANT_RESPONSE, stream, d, NULL) == 0) {
-        x->event_flags = event_flags(stream, d);
+        if (x->cut_cb) x->event_flags = event_flags(stream, d);
         apply_doc(x, d);
     }
     free(fixed);
@@ -1250,7 +1266,7 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
     if (tried && template_match(&x->tmpl, data, data_len, &d) == 0) {
         x->miss_streak = 0;
         x->fast_events++;
-        x->event_flags = event_flags(1, &d);
+        if (x->cut_cb) x->event_flags = event_flags(1, &d);
         apply_doc(x, &d);
         return;
     }
@@ -1276,7 +1292,7 @@ static void on_boundary(void *ud, size_t end) {
     extract_t *x = ud;
     int flags = x->event_flags;
     x->event_flags = 0;
-    if (x->cut_cb) x->cut_cb(x->cut_ud, end, flags);
+    x->cut_cb(x->cut_ud, end, flags);
 }
 
 /* "type/subtype" followed by the end or parameters, ASCII case-insensitive. */
@@ -1295,10 +1311,7 @@ static void extract_start(extract_t *x, const char *content_type, size_t content
     if (!content_type) return;
     if (media_type_is(content_type, content_type_len, "text/event-stream")) {
         x->sse = sse_new(on_event, x, EXTRACT_MAX_EVENT);
-        if (x->sse) {
-            x->kind = KIND_SSE;
-            sse_set_boundary_cb(x->sse, on_boundary);
-        }
+        if (x->sse) x->kind = KIND_SSE;
     } else if (media_type_is(content_type, content_type_len, "application/json")) {
         x->kind = KIND_JSON;
     }
@@ -1520,6 +1533,8 @@ void extract_set_cut_cb(extract_t *x, extract_cut_cb cb, void *ud) {
     if (!x) return;
     x->cut_cb = cb;
     x->cut_ud = ud;
+    /* Only then: a stream nobody cuts pays nothing per event for it. */
+    sse_set_boundary_cb(x->sse, cb ? on_boundary : NULL);
 }
 
 void extract_request_fields(const char *body, size_t len, char **model, int *stream) {

@@ -126,19 +126,18 @@ static void set_event(sse_parser_t *p, const char *v, size_t n, int stable) {
     }
 }
 
-/* 1 when the line was blank (an event's end). */
-static int process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
+static void process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
     if (n == 0) {
         dispatch(p);
-        return 1;
+        return;
     }
-    if (p->drop) return 0;
+    if (p->drop) return;
     if (n > p->max_event - p->size) {
         drop_event(p);
-        return 0;
+        return;
     }
     p->size += n;
-    if (s[0] == ':') return 0;
+    if (s[0] == ':') return;
     /* Nearly every line of an API stream is "data: ...": no search for its colon. */
     if (n >= 5 && memcmp(s, "data:", 5) == 0) {
         const char *v = s + 5;
@@ -148,7 +147,7 @@ static int process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
             vlen--;
         }
         add_data(p, v, vlen, stable);
-        return 0;
+        return;
     }
     const char *colon = memchr(s, ':', n);
     size_t flen = colon ? (size_t)(colon - s) : n;
@@ -163,7 +162,6 @@ static int process_line(sse_parser_t *p, const char *s, size_t n, int stable) {
     else if (flen == 5 && memcmp(s, "event", 5) == 0)
         set_event(p, v, vlen, stable);
     /* id, retry and unknown fields carry nothing the proxy uses. */
-    return 0;
 }
 
 /* Keeps the start of a line that the feed cut, within the event's budget. */
@@ -228,7 +226,8 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             p->line.len = 0;
             p->in_line = 0;
         } else {
-            blank = process_line(p, s, (size_t)(eol - s), 1);
+            blank = eol == s;
+            process_line(p, s, (size_t)(eol - s), 1);
         }
         s = eol + 1;
         if (*eol == '\r') {
