@@ -725,12 +725,11 @@ static int walk_usage(scan_t *s, usage_t *u, unsigned depth) {
     while (r == 1) {
         jstr_t k;
         if (scan_key(s, &k)) return -1;
-        int i = KEY_IS(&k, "prompt_tokens") || KEY_IS(&k, "input_tokens")           ? U_PROMPT
-                : KEY_IS(&k, "completion_tokens") || KEY_IS(&k, "output_tokens")    ? U_COMPLETION
-                : KEY_IS(&k, "total_tokens")                                        ? U_TOTAL
+        int i = KEY_IS(&k, "prompt_tokens") || KEY_IS(&k, "input_tokens")        ? U_PROMPT
+                : KEY_IS(&k, "completion_tokens") || KEY_IS(&k, "output_tokens") ? U_COMPLETION
+                : KEY_IS(&k, "total_tokens")                                     ? U_TOTAL
                 : KEY_IS(&k, "prompt_tokens_details") || KEY_IS(&k, "input_tokens_details") ? -2
-                : KEY_IS(&k, "completion_tokens_details") ||
-                        KEY_IS(&k, "output_tokens_details")
+                : KEY_IS(&k, "completion_tokens_details") || KEY_IS(&k, "output_tokens_details")
                     ? -3
                     : -1;
         if (i >= 0) {
@@ -1234,8 +1233,7 @@ static int event_flags(int stream, const doc_t *d) {
 
 /* Scans a document and applies what it says, also when the scanner refused it for its
  * encoding alone (then from a repaired copy). 0 when buf itself was valid: *d holds it. */
-static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec_t *rec,
-                      doc_t *d) {
+static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec_t *rec, doc_t *d) {
     if (scan_doc(buf, len, WANT_RESPONSE, stream, d, rec) == 0) {
         if (x->cut_cb) x->event_flags = event_flags(stream, d);
         apply_doc(x, d);

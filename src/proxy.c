@@ -44,7 +44,7 @@ typedef struct proxy_req {
     /* The body sent upstream: the client's, or a copy that asks for the usage chunk. */
     const char *up_body;
     size_t up_body_len;
-    int forced_usage; /* that copy: the usage chunk is the proxy's, kept from the client */
+    int forced_usage;   /* that copy: the usage chunk is the proxy's, kept from the client */
     int ends_with_done; /* chat/completions or completions: a stream ends with data: [DONE] */
     /* Forwarding by whole events (forced usage on an SSE answer), so the usage-only event can
      * be left out: held keeps the start of an event still arriving; during a feed, bytes
@@ -603,9 +603,9 @@ static void proxy_finish(proxy_req_t *p, int record) {
         /* All zeros is what some servers send when they counted nothing: no usage known. */
         if (res.has_usage && !res.prompt_tokens && !res.completion_tokens && !res.total_tokens)
             res.has_usage = 0;
-        int details = res.has_usage ? extract_usage_details(p->ex, &res.cached_tokens,
-                                                            &res.reasoning_tokens)
-                                    : 0;
+        int details = res.has_usage
+                          ? extract_usage_details(p->ex, &res.cached_tokens, &res.reasoning_tokens)
+                          : 0;
         res.has_cached = (details & EXTRACT_HAS_CACHED) != 0;
         res.has_reasoning = (details & EXTRACT_HAS_REASONING) != 0;
     }

@@ -22,8 +22,8 @@ typedef struct {
     size_t content_len;
     char *model;
     int has_usage;
-    int64_t u[5]; /* prompt, completion, total, cached, reasoning */
-    int details;  /* EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING */
+    int64_t u[5];        /* prompt, completion, total, cached, reasoning */
+    int details;         /* EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING */
     int usage_ambiguous; /* reference only: do not compare the usage */
 } result_t;
 
@@ -95,8 +95,8 @@ static int alias(json_t *o, const char *a, const char *b, json_t **out) {
 static int ref_usage(json_t *u, result_t *r) {
     if (!json_is_object(u)) return 0;
     json_t *p, *c, *t = json_object_get(u, "total_tokens"), *pd, *cd;
-    if (alias(u, "prompt_tokens", "input_tokens", &p) || alias(u, "completion_tokens",
-                                                                "output_tokens", &c) ||
+    if (alias(u, "prompt_tokens", "input_tokens", &p) ||
+        alias(u, "completion_tokens", "output_tokens", &c) ||
         alias(u, "prompt_tokens_details", "input_tokens_details", &pd) ||
         alias(u, "completion_tokens_details", "output_tokens_details", &cd))
         return -1;
@@ -105,7 +105,8 @@ static int ref_usage(json_t *u, result_t *r) {
     r->u[0] = json_integer_value(p);
     r->u[1] = c ? json_integer_value(c) : 0;
     r->u[2] = json_integer_value(t);
-    json_t *ct = json_object_get(pd, "cached_tokens"), *rt = json_object_get(cd, "reasoning_tokens");
+    json_t *ct = json_object_get(pd, "cached_tokens"),
+           *rt = json_object_get(cd, "reasoning_tokens");
     if (json_is_object(pd) && json_is_integer(ct)) {
         r->details |= EXTRACT_HAS_CACHED;
         r->u[3] = json_integer_value(ct);
@@ -151,8 +152,11 @@ static char *repair_utf8(const char *s, size_t n, size_t *out_n) {
     size_t w = 0, i = 0;
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
-        int need = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
-                            : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+        int need = c < 0x80                 ? 0
+                   : c >= 0xC2 && c <= 0xDF ? 1
+                   : c >= 0xE0 && c <= 0xEF ? 2
+                   : c >= 0xF0 && c <= 0xF4 ? 3
+                                            : -1;
         size_t ok = 1;
         if (need > 0) {
             for (int k = 1; k <= need && i + k < n; k++) {

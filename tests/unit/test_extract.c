@@ -179,7 +179,8 @@ static void test_stream_skips(void) {
     result_t r = run_all_splits(SSE, body, &same);
     CHECK(same);
     /* Invalid UTF-8 alone does not discard an event: its text comes with U+FFFD (issue 11). */
-    CHECK(content_is(&r, "aB\xEF\xBF\xBD" "bc"));
+    CHECK(content_is(&r, "aB\xEF\xBF\xBD"
+                         "bc"));
     CHECK(r.model && strcmp(r.model, "first") == 0);
     CHECK(!r.has_usage);
     result_free(&r);
@@ -762,7 +763,10 @@ static void test_fast_malformed(void) {
         "data: " OBODY("c") "}\ndata: \n\n"
         "data: " OBODY("d") "}\n\n";
     /* clang-format on */
-    fast_case("damaged", body, "aB\xEF\xBF\xBD" "bcd", 1);
+    fast_case("damaged", body,
+              "aB\xEF\xBF\xBD"
+              "bcd",
+              1);
 }
 
 /* Duplicate keys: the last one wins on both paths, also when only the first one changes. */
@@ -919,21 +923,23 @@ static void test_responses_json(void) {
 
 #define REV(type, rest) "event: " type "\ndata: {\"type\":\"" type "\"" rest "}\n\n"
 #define RDELTA(seq, d)                                                                             \
-    REV("response.output_text.delta", ",\"sequence_number\":" seq ",\"item_id\":\"msg_67c\","      \
-                                      "\"output_index\":0,\"content_index\":0,\"delta\":\"" d "\"")
+    REV("response.output_text.delta",                                                              \
+        ",\"sequence_number\":" seq ",\"item_id\":\"msg_67c\","                                    \
+        "\"output_index\":0,\"content_index\":0,\"delta\":\"" d "\"")
 
 static void test_responses_stream(void) {
-    static const char body[] =
-        REV("response.created", ",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\","
-                                "\"model\":\"gpt-4.1-2025\",\"output\":[],\"usage\":null}")
-        REV("response.output_item.added", ",\"item\":{\"type\":\"message\",\"content\":[]}")
-        RDELTA("4", "Hi") RDELTA("5", " the") RDELTA("6", "re") RDELTA("7", "!")
-        REV("response.output_text.done", ",\"text\":\"Hi there!\"")
-        REV("response.completed", ",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\","
-            "\"model\":\"gpt-4.1-2025\",\"output\":[{\"type\":\"message\",\"content\":["
-            "{\"type\":\"output_text\",\"text\":\"Hi there!\"}]}],\"usage\":{\"input_tokens\":"
-            "12,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":4,"
-            "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":16}}");
+    static const char body[] = REV("response.created",
+                                   ",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\","
+                                   "\"model\":\"gpt-4.1-2025\",\"output\":[],\"usage\":null}")
+        REV("response.output_item.added", ",\"item\":{\"type\":\"message\",\"content\":[]}") RDELTA(
+            "4", "Hi") RDELTA("5", " the") RDELTA("6", "re") RDELTA("7", "!")
+            REV("response.output_text.done", ",\"text\":\"Hi there!\"") REV(
+                "response.completed",
+                ",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\","
+                "\"model\":\"gpt-4.1-2025\",\"output\":[{\"type\":\"message\",\"content\":["
+                "{\"type\":\"output_text\",\"text\":\"Hi there!\"}]}],\"usage\":{\"input_tokens\":"
+                "12,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":4,"
+                "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":16}}");
     int same;
     result_t r = run_all_splits(SSE, body, &same);
     CHECK(same);
@@ -943,8 +949,8 @@ static void test_responses_stream(void) {
     CHECK(r.details == (EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING) && r.u[3] == 0);
     result_free(&r);
     /* The deltas take the fast path. */
-    fast_case("responses deltas", RDELTA("1", "a") RDELTA("2", "b") RDELTA("3", "c")
-              RDELTA("14", "d\\n"), "abcd\n", 3);
+    fast_case("responses deltas",
+              RDELTA("1", "a") RDELTA("2", "b") RDELTA("3", "c") RDELTA("14", "d\\n"), "abcd\n", 3);
     /* Another type's delta is not text. */
     r = run1(SSE, "data: {\"type\":\"response.refusal.delta\",\"delta\":\"no\"}\n\n"
                   "data: {\"delta\":\"x\",\"type\":\"response.output_text.delta\"}\n\n");
@@ -954,13 +960,14 @@ static void test_responses_stream(void) {
 
 static void test_usage_details(void) {
     /* Chat Completions names, in the usage-only chunk; and all-zero details are reported. */
-    static const char body[] =
-        CHUNK("{\"content\":\"a\"}")
-        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,"
-        "\"completion_tokens\":300,\"total_tokens\":320,\"prompt_tokens_details\":"
-        "{\"cached_tokens\":16,\"audio_tokens\":0},\"completion_tokens_details\":"
-        "{\"reasoning_tokens\":256,\"audio_tokens\":0}}}\n\n"
-        "data: [DONE]\n\n";
+    static const char body[] = CHUNK(
+        "{\"content\":\"a\"}") "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,"
+                               "\"completion_tokens\":300,\"total_tokens\":320,\"prompt_tokens_"
+                               "details\":"
+                               "{\"cached_tokens\":16,\"audio_tokens\":0},\"completion_tokens_"
+                               "details\":"
+                               "{\"reasoning_tokens\":256,\"audio_tokens\":0}}}\n\n"
+                               "data: [DONE]\n\n";
     int same;
     result_t r = run_all_splits(SSE, body, &same);
     CHECK(same && usage_is(&r, 20, 300, 320) && r.u[3] == 16 && r.u[4] == 256);
@@ -974,7 +981,8 @@ static void test_usage_details(void) {
     result_free(&r);
     /* A completion count of the wrong type spoils the usage; a detail of the wrong type is
      * just not reported. */
-    r = run1(JSON, "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":\"2\",\"total_tokens\":3}}");
+    r = run1(JSON,
+             "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":\"2\",\"total_tokens\":3}}");
     CHECK(!r.has_usage);
     result_free(&r);
     r = run1(JSON, "{\"usage\":{\"prompt_tokens\":1,\"total_tokens\":3,\"prompt_tokens_details\":"
@@ -983,8 +991,9 @@ static void test_usage_details(void) {
     result_free(&r);
     /* Continuous usage with details on every chunk: the fast path keeps up with the counts. */
 #define DCHUNK(c, k)                                                                               \
-    "data: {\"choices\":[{\"delta\":{\"content\":\"" c "\"}}],\"usage\":{\"prompt_tokens\":5,"   \
-    "\"completion_tokens\":1,\"total_tokens\":6,\"prompt_tokens_details\":{\"cached_tokens\":" k "}}}\n\n"
+    "data: {\"choices\":[{\"delta\":{\"content\":\"" c "\"}}],\"usage\":{\"prompt_tokens\":5,"     \
+    "\"completion_tokens\":1,\"total_tokens\":6,\"prompt_tokens_details\":{\"cached_tokens\":" k   \
+    "}}}\n\n"
     fast_case("details", DCHUNK("a", "1") DCHUNK("b", "2") DCHUNK("c", "3"), "abc", 2);
     r = run1(SSE, DCHUNK("a", "1") DCHUNK("b", "2") DCHUNK("c", "3"));
     CHECK(r.details == EXTRACT_HAS_CACHED && r.u[3] == 3);
@@ -1010,11 +1019,13 @@ static void on_cut(void *ud, size_t end, int usage_only) {
 }
 
 static void test_event_ends(void) {
-    static const char body[] = ": keep-alive\n\n" CHUNK("{\"content\":\"a\"}")
-        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,"
-        "\"total_tokens\":2}}\r\n\r\n"
-        "data: {\"choices\":[],\"usage\":null}\n\n"
-        "data: [DONE]\n\n";
+    static const char body[] =
+        ": keep-alive\n\n" CHUNK("{\"content\":\"a\"}") "data: "
+                                                        "{\"choices\":[],\"usage\":{\"prompt_"
+                                                        "tokens\":1,\"completion_tokens\":1,"
+                                                        "\"total_tokens\":2}}\r\n\r\n"
+                                                        "data: {\"choices\":[],\"usage\":null}\n\n"
+                                                        "data: [DONE]\n\n";
     size_t len = strlen(body);
     const char *e1 = strstr(body, "\n\n") + 2;
     const char *e2 = strstr(e1, "\n\n") + 2;
