@@ -137,6 +137,22 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     proxy_req_t *p = ud;
     route_attempt_t *a = &p->attempts[p->n_attempts - 1];
     a->status = status;
+    if (status == 400 && p->forced_usage) {
+        /* An upstream that does not know stream_options (older Azure OpenAI API versions, some
+         * compatible servers) refuses the forced flag: the same candidate is asked again with
+         * the body as the client sent it. No generation started, so it costs one quick 400. */
+        upstream_cancel(p->up);
+        p->up = NULL;
+        size_t len = 0;
+        p->up_body = http_request_body(p->http, &len);
+        p->up_body_len = len;
+        p->forced_usage = 0;
+        upstream_url_release(p->url_refs[p->n_attempts - 1]);
+        p->n_attempts--;
+        p->next--;
+        try_next_candidate(p);
+        return;
+    }
     if (should_fail_over(p, status)) {
         a->failed = 1;
         a->error = arena_printf(http_request_arena(p->http), "status %d", status);

@@ -215,3 +215,27 @@ def test_node_sdk_assembles_the_same_through_the_proxy(sdk_dir, mock, proxy_fact
     assert [(r["prompt_tokens"], r["completion_tokens"], r["total_tokens"]) for r in rows] == \
         [(9, 3, 12)] * 2
     assert all(r["response"] == "Hello SDK" for r in rows)
+
+
+def test_upstream_refusing_the_flag_is_asked_again_as_the_client_asked(proxy, mock):
+    """An upstream that does not know stream_options (older Azure API versions) answers 400:
+    the same upstream is asked again with the client's own body, and the client gets its
+    stream (without usage, as it asked)."""
+    from mock_upstream import Status
+    mock.set(CHAT, lambda req: Status(400, body={"error": {
+        "message": "Unrecognized request argument supplied: stream_options",
+        "type": "invalid_request_error"}}) if "stream_options" in req.json() else
+        ChatStream(["ok"]))
+    r = proxy.request("POST", CHAT, BODY, {"Content-Type": "application/json"})
+    assert r.status == 200 and content_of(r.body) == "ok", r
+    first, second = mock.requests
+    assert first.body == BODY[:-1] + FLAG + b"}" and second.body == BODY
+    rec = proxy.wait_for_records(1)[-1]
+    assert rec["status"] == 200 and not rec["error"] and rec["response"] == "ok"
+    assert rec["prompt_tokens"] is None
+    rows = proxy.upstream_rows()
+    assert rows[0]["failed_count"] == 0
+    # A 400 of the client's own making still reaches it (asked twice, answered the same).
+    mock.set(CHAT, Status(400))
+    assert proxy.request("POST", CHAT, BODY, {"Content-Type": "application/json"}).status == 400
+    assert len(mock.requests) == 4
