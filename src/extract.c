@@ -602,8 +602,10 @@ static int take_int(scan_t *s, int *ok, int64_t *out, unsigned depth, int role) 
         int is_int;
         if (scan_number(s, &is_int, out)) return -1;
         *ok = is_int;
-        /* Only an integer feeds usage; a real stays literal so that it cannot turn into one. */
-        rec_hole(s, start, 1, is_int ? role : ROLE_INERT, 0);
+        /* Only an integer feeds usage; a real stays literal (no hole) so that it cannot turn
+         * into one: an inert hole would take any number, and an integer there would leave the
+         * template's "not a count" in place. */
+        if (is_int) rec_hole(s, start, 1, role, 0);
         return 0;
     }
     return skip_value(s, depth);
