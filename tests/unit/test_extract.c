@@ -803,7 +803,8 @@ static void test_fast_usage(void) {
     result_free(&r);
     /* A count that is a real in the template is no hole: the integer after it is read by the
      * scanner (an inert hole used to take it and keep the template's "not a count"). */
-    r = run1(SSE, UCHUNK("a", "5", "1.5", "6") UCHUNK("b", "5", "2", "7") UCHUNK("c", "5", "3", "8"));
+    r = run1(SSE,
+             UCHUNK("a", "5", "1.5", "6") UCHUNK("b", "5", "2", "7") UCHUNK("c", "5", "3", "8"));
     CHECK(usage_is(&r, 5, 3, 8) && content_is(&r, "abc"));
     result_free(&r);
     r = run1(SSE, UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "9223372036854775808", "7"));
