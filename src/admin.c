@@ -209,6 +209,12 @@ static void job_list_records(admin_job_t *job) {
         rc |= json_str(b, r->user_agent);
         rc |= buf_appends(b, ",\"Error\":");
         rc |= json_str(b, r->error);
+        /* Added columns: null when the API reported no such count. */
+        rc |= r->cached_tokens >= 0 ? buf_printf(b, ",\"CachedTokens\":%" PRId64, r->cached_tokens)
+                                    : buf_appends(b, ",\"CachedTokens\":null");
+        rc |= r->reasoning_tokens >= 0
+                  ? buf_printf(b, ",\"ReasoningTokens\":%" PRId64, r->reasoning_tokens)
+                  : buf_appends(b, ",\"ReasoningTokens\":null");
         rc |= buf_appends(b, "}");
     }
     rc |= buf_appends(b, "]\n");

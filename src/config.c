@@ -48,6 +48,7 @@ static const key_spec_t keys[] = {
     {"records_retention_days", T_INT, OFF(records_retention_days), 0, 36500, 0, NULL},
     {"metrics_public", T_BOOL, OFF(metrics_public), 0, 1, 0, NULL},
     {"access_log", T_BOOL, OFF(access_log), 0, 1, 1, NULL},
+    {"force_stream_usage", T_BOOL, OFF(force_stream_usage), 0, 1, 1, NULL},
     {"policy", T_STRING, OFF(policy), 0, 0, 0, "main"},
     {"authorization", T_TOKENS, OFF(tokens), 0, 0, 0, ""},
     {"forward_headers", T_STRING, OFF(forward_headers), 0, 0, 0, ""},
@@ -224,6 +225,7 @@ static const route_config_t compiled_defaults = {
     .records_retention_days = 0,
     .metrics_public = 0,
     .access_log = 1,
+    .force_stream_usage = 1,
     .policy = "main",
     .tokens = NULL, /* accepts nothing */
     .forward_headers = "",

@@ -20,6 +20,7 @@
 #include "route/extract.h"
 #include "route/sse.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -51,11 +52,37 @@ typedef struct {
 } jstr_t;
 
 /* What one document says, JSON semantics (a later duplicate key replaces an earlier one). */
+/* The usage counts a document can carry: the three totals (Chat names or Responses names),
+ * then the subsets the API reports. */
+enum { U_PROMPT, U_COMPLETION, U_TOTAL, U_CACHED, U_REASONING, U_COUNT };
+
+/* Small, as a template match copies a document per event. */
 typedef struct {
-    int has_model, has_content, has_text, has_usage, stream;
+    uint8_t has;  /* the value is an object */
+    uint8_t ok;   /* bit U_xxx: the count is an integer */
+    uint8_t seen; /* bit U_xxx: its key is there */
+    int64_t v[U_COUNT];
+} usage_t;
+#define U_BIT(i) (1u << (i))
+
+typedef struct {
+    int has_model, has_content, has_text, stream;
     jstr_t model, content, text;
-    int usage_ok[3];
-    int64_t usage[3];
+    usage_t usage;
+    /* "choices": [] (a usage-only chunk when it has usage); the top-level "usage" is null */
+    uint8_t choices_empty, usage_null;
+    /* Responses API: the top-level "type" is response.output_text.delta, and its "delta" */
+    uint8_t is_text_delta;
+    int has_delta;
+    jstr_t delta;
+    /* What a template never has (template_match copies the members above only): a nested
+     * "response" object (Responses API lifecycle events) with its model and usage, a JSON
+     * body's "output" array (raw, validated). */
+    int has_response, has_rmodel;
+    jstr_t rmodel;
+    usage_t rusage;
+    const char *output;
+    size_t output_len;
 } doc_t;
 
 enum { WANT_RESPONSE = 1, WANT_REQUEST = 2 };
@@ -65,7 +92,14 @@ enum { WANT_RESPONSE = 1, WANT_REQUEST = 2 };
  * role says what the result takes from it; a value that carries no role is INERT (an "id",
  * "created", "obfuscation"...), and a value that was replaced by a later duplicate key is
  * demoted to INERT, so that the last one wins on the fast path as in the scanner. */
-enum { ROLE_INERT, ROLE_CONTENT, ROLE_TEXT, ROLE_USAGE0, ROLE_USAGE1, ROLE_USAGE2, ROLE_COUNT };
+enum {
+    ROLE_INERT,
+    ROLE_CONTENT,
+    ROLE_TEXT,
+    ROLE_DELTA,
+    ROLE_USAGE0, /* ROLE_USAGE0 + U_xxx: a usage count; the last roles */
+    ROLE_COUNT = ROLE_USAGE0 + U_COUNT
+};
 
 #define TEMPLATE_MAX_HOLES 24
 
@@ -568,8 +602,10 @@ static int take_int(scan_t *s, int *ok, int64_t *out, unsigned depth, int role) 
         int is_int;
         if (scan_number(s, &is_int, out)) return -1;
         *ok = is_int;
-        /* Only an integer feeds usage; a real stays literal so that it cannot turn into one. */
-        rec_hole(s, start, 1, is_int ? role : ROLE_INERT, 0);
+        /* Only an integer feeds usage; a real stays literal (no hole) so that it cannot turn
+         * into one: an inert hole would take any number, and an integer there would leave the
+         * template's "not a count" in place. */
+        if (is_int) rec_hole(s, start, 1, role, 0);
         return 0;
     }
     return skip_value(s, depth);
@@ -636,7 +672,7 @@ static int walk_choice(scan_t *s, doc_t *d, int stream) {
 
 static int walk_choices(scan_t *s, doc_t *d, int stream) {
     /* A repeated "choices" replaces the earlier one. */
-    d->has_content = d->has_text = 0;
+    d->has_content = d->has_text = d->choices_empty = 0;
     rec_drop_role(s, ROLE_CONTENT);
     rec_drop_role(s, ROLE_TEXT);
     if (*s->p != '[') return skip_value(s, 2);
@@ -644,6 +680,7 @@ static int walk_choices(scan_t *s, doc_t *d, int stream) {
     skip_ws(s);
     if (s->p < s->end && *s->p == ']') {
         s->p++;
+        d->choices_empty = 1;
         return 0;
     }
     for (int idx = 0;; idx++) {
@@ -655,23 +692,83 @@ static int walk_choices(scan_t *s, doc_t *d, int stream) {
     }
 }
 
-static int walk_usage(scan_t *s, doc_t *d) {
-    memset(d->usage_ok, 0, sizeof(d->usage_ok));
-    for (int i = 0; i < 3; i++)
-        rec_drop_role(s, ROLE_USAGE0 + i);
-    d->has_usage = *s->p == '{';
-    if (!d->has_usage) return skip_value(s, 2);
+/* usage.prompt_tokens_details (input_tokens_details) and .completion_tokens_details
+ * (output_tokens_details): the one count read from each, at index i. depth: the object's. */
+static int walk_details(scan_t *s, usage_t *u, int i, const char *name, size_t name_len,
+                        unsigned depth) {
+    u->ok &= (uint8_t)~U_BIT(i);
+    rec_drop_role(s, ROLE_USAGE0 + i);
+    if (*s->p != '{') return skip_value(s, depth);
     int r = open_object(s);
     while (r == 1) {
         jstr_t k;
         if (scan_key(s, &k)) return -1;
-        int i = KEY_IS(&k, "prompt_tokens")       ? 0
-                : KEY_IS(&k, "completion_tokens") ? 1
-                : KEY_IS(&k, "total_tokens")      ? 2
-                                                  : -1;
-        if (i >= 0 ? take_int(s, &d->usage_ok[i], &d->usage[i], 3, ROLE_USAGE0 + i)
-                   : skip_value(s, 3))
+        if (key_is(&k, name, name_len)) {
+            int ok;
+            if (take_int(s, &ok, &u->v[i], depth + 1, ROLE_USAGE0 + i)) return -1;
+            u->ok = (uint8_t)(ok ? u->ok | U_BIT(i) : u->ok & ~U_BIT(i));
+        } else if (skip_member(s, depth + 1)) {
             return -1;
+        }
+        r = next_member(s, '}');
+    }
+    return r;
+}
+
+/* "usage" (Chat Completions names, or the Responses API's input/output names); depth: the
+ * usage object's. */
+static int walk_usage(scan_t *s, usage_t *u, unsigned depth) {
+    memset(u, 0, sizeof(*u));
+    for (int i = 0; i < U_COUNT; i++)
+        rec_drop_role(s, ROLE_USAGE0 + i);
+    u->has = *s->p == '{';
+    if (!u->has) return skip_value(s, depth);
+    int r = open_object(s);
+    while (r == 1) {
+        jstr_t k;
+        if (scan_key(s, &k)) return -1;
+        int i = KEY_IS(&k, "prompt_tokens") || KEY_IS(&k, "input_tokens")        ? U_PROMPT
+                : KEY_IS(&k, "completion_tokens") || KEY_IS(&k, "output_tokens") ? U_COMPLETION
+                : KEY_IS(&k, "total_tokens")                                     ? U_TOTAL
+                : KEY_IS(&k, "prompt_tokens_details") || KEY_IS(&k, "input_tokens_details") ? -2
+                : KEY_IS(&k, "completion_tokens_details") || KEY_IS(&k, "output_tokens_details")
+                    ? -3
+                    : -1;
+        if (i >= 0) {
+            int ok;
+            u->seen |= (uint8_t)U_BIT(i);
+            r = take_int(s, &ok, &u->v[i], depth + 1, ROLE_USAGE0 + i);
+            u->ok = (uint8_t)(ok ? u->ok | U_BIT(i) : u->ok & ~U_BIT(i));
+        } else if (i == -2)
+            r = walk_details(s, u, U_CACHED, "cached_tokens", 13, depth + 1);
+        else if (i == -3)
+            r = walk_details(s, u, U_REASONING, "reasoning_tokens", 16, depth + 1);
+        else
+            r = skip_member(s, depth + 1);
+        if (r) return -1;
+        r = next_member(s, '}');
+    }
+    return r;
+}
+
+/* A Responses API event's "response" object (response.created ... response.completed): its
+ * model and usage; the output it repeats was already streamed as deltas. Depth 2. */
+static int walk_response(scan_t *s, doc_t *d) {
+    d->has_rmodel = 0;
+    memset(&d->rusage, 0, sizeof(d->rusage));
+    d->has_response = *s->p == '{';
+    if (!d->has_response) return skip_value(s, 2);
+    int r = open_object(s);
+    while (r == 1) {
+        jstr_t k;
+        if (scan_key(s, &k)) return -1;
+        if (KEY_IS(&k, "model"))
+            r = take_string(s, &d->has_rmodel, &d->rmodel, 3, ROLE_LITERAL);
+        else if (KEY_IS(&k, "usage"))
+            r = walk_usage(s, &d->rusage, 3);
+        else
+            r = skip_member(s, 3);
+        if (r) return -1;
         r = next_member(s, '}');
     }
     return r;
@@ -692,7 +789,25 @@ static int scan_doc(const char *buf, size_t len, int want, int stream, doc_t *d,
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "choices")) {
             r = walk_choices(&s, d, stream);
         } else if (want == WANT_RESPONSE && KEY_IS(&k, "usage")) {
-            r = walk_usage(&s, d);
+            d->usage_null = *s.p == 'n';
+            r = walk_usage(&s, &d->usage, 2);
+        } else if (want == WANT_RESPONSE && KEY_IS(&k, "type")) {
+            jstr_t type;
+            int is_str;
+            r = take_string(&s, &is_str, &type, 2, ROLE_LITERAL);
+            d->is_text_delta = !r && is_str && KEY_IS(&type, "response.output_text.delta");
+        } else if (want == WANT_RESPONSE && stream && KEY_IS(&k, "delta")) {
+            r = take_string(&s, &d->has_delta, &d->delta, 2, ROLE_DELTA);
+        } else if (want == WANT_RESPONSE && stream && KEY_IS(&k, "response")) {
+            r = walk_response(&s, d);
+        } else if (want == WANT_RESPONSE && !stream && KEY_IS(&k, "output")) {
+            const unsigned char *at = s.p;
+            d->output = NULL;
+            r = skip_value(&s, 2);
+            if (*at == '[') {
+                d->output = (const char *)at;
+                d->output_len = (size_t)(s.p - at);
+            }
         } else if (want == WANT_REQUEST && KEY_IS(&k, "stream")) {
             d->stream = (size_t)(s.end - s.p) >= 4 && memcmp(s.p, "true", 4) == 0;
             r = skip_value(&s, 2);
@@ -734,7 +849,7 @@ typedef struct {
 } template_t;
 
 static int elided(const hole_t *h) {
-    return h->role == ROLE_CONTENT || h->role == ROLE_TEXT;
+    return h->role == ROLE_CONTENT || h->role == ROLE_TEXT || h->role == ROLE_DELTA;
 }
 
 /* Makes the document just scanned into the template. Only documents with content or text
@@ -742,11 +857,15 @@ static int elided(const hole_t *h) {
  * not evict the shape that will come again. */
 static void template_learn(template_t *t, const char *buf, size_t len, const rec_t *rec,
                            const doc_t *d) {
-    if (rec->lost || (!d->has_content && !d->has_text)) return;
+    if (rec->lost || (!d->has_content && !d->has_text && !d->has_delta)) return;
     /* Content and text are read from their holes only (the template keeps them empty). */
     if ((d->has_content && rec->role_hole[ROLE_CONTENT] < 0) ||
-        (d->has_text && rec->role_hole[ROLE_TEXT] < 0))
+        (d->has_text && rec->role_hole[ROLE_TEXT] < 0) ||
+        (d->has_delta && rec->role_hole[ROLE_DELTA] < 0))
         return;
+    /* A nested "response" (Responses API lifecycle events) is read by the scanner alone: its
+     * model would need its own place in the template, and such events come once a stream. */
+    if (d->has_response) return;
     size_t cut = 0;
     for (unsigned i = 0; i < rec->n; i++)
         if (elided(&rec->holes[i])) cut += rec->holes[i].end - rec->holes[i].start - 2;
@@ -790,6 +909,7 @@ static void template_learn(template_t *t, const char *buf, size_t len, const rec
     if (d->has_model) t->doc.model.p = (const char *)t->bytes + model_to;
     memset(&t->doc.content, 0, sizeof(t->doc.content));
     memset(&t->doc.text, 0, sizeof(t->doc.text));
+    memset(&t->doc.delta, 0, sizeof(t->doc.delta));
 }
 
 /* Length of the common prefix of a and b (n bytes each at most). */
@@ -822,6 +942,8 @@ static void hole_same(const hole_t *h, const unsigned char *v, doc_t *d) {
         d->content = str;
     else if (h->role == ROLE_TEXT)
         d->text = str;
+    else if (h->role == ROLE_DELTA)
+        d->delta = str;
     /* A usage count that did not change is already in d, and an inert value feeds nothing. */
 }
 
@@ -830,7 +952,10 @@ static int template_match(const template_t *t, const char *buf, size_t len, doc_
     const unsigned char *tb = t->bytes, *db = (const unsigned char *)buf;
     size_t pt = 0, pd = 0;
     unsigned hi = 0;
-    *d = t->doc;
+    memcpy(d, &t->doc, offsetof(doc_t, has_response));
+    d->has_response = d->has_rmodel = 0;
+    d->rusage.has = 0;
+    d->output = NULL;
     for (;;) {
         size_t tl = t->len - pt, dl = len - pd;
         size_t m = same_prefix(tb + pt, db + pd, tl < dl ? tl : dl);
@@ -853,7 +978,7 @@ static int template_match(const template_t *t, const char *buf, size_t len, doc_
                 return -1;
             if (h->role >= ROLE_USAGE0) {
                 if (!is_int) return -1;
-                d->usage[h->role - ROLE_USAGE0] = v;
+                d->usage.v[h->role - ROLE_USAGE0] = v;
             }
         } else {
             jstr_t str;
@@ -862,6 +987,8 @@ static int template_match(const template_t *t, const char *buf, size_t len, doc_
                 d->content = str;
             else if (h->role == ROLE_TEXT)
                 d->text = str;
+            else if (h->role == ROLE_DELTA)
+                d->delta = str;
         }
         pd = (size_t)(s.p - db);
         pt = h->end;
@@ -888,7 +1015,14 @@ struct extract {
     char *model_buf;
     size_t model_cap;
     int has_usage;
-    int64_t usage[3];
+    int usage_ok[U_COUNT];
+    int64_t usage[U_COUNT];
+
+    /* SSE: the stream's data: [DONE] came; the event just read was a usage-only chunk; who
+     * wants the events' ends (extract_set_cut_cb). */
+    int saw_done, event_flags; /* EXTRACT_EVENT_* of the event just read */
+    extract_cut_cb cut_cb;
+    void *cut_ud;
 
     char *body;
     size_t body_len, body_cap;
@@ -949,28 +1083,190 @@ static void set_model(extract_t *x, const jstr_t *str) {
     x->model = x->model_buf;
 }
 
-static void apply_doc(extract_t *x, const doc_t *d) {
-    if (!x->model && d->has_model && d->model.n) set_model(x, &d->model);
-    if (d->has_content)
-        add_content(x, &d->content);
-    else if (d->has_text)
-        add_content(x, &d->text);
-    if (d->has_usage && d->usage_ok[0] && d->usage_ok[1] && d->usage_ok[2]) {
-        x->has_usage = 1;
-        memcpy(x->usage, d->usage, sizeof(x->usage));
+/* A usage needs integer prompt and total counts, and a completion count unless there is none
+ * (an embeddings reply). */
+static int apply_usage(extract_t *x, const usage_t *u) {
+    if (!u->has || !(u->ok & U_BIT(U_PROMPT)) || !(u->ok & U_BIT(U_TOTAL)) ||
+        ((u->seen & ~u->ok) & U_BIT(U_COMPLETION)))
+        return 0;
+    x->has_usage = 1;
+    for (int i = 0; i < U_COUNT; i++) {
+        x->usage_ok[i] = (u->ok >> i) & 1;
+        x->usage[i] = x->usage_ok[i] ? u->v[i] : 0;
     }
+    return 1;
+}
+
+/* A Responses API content part: its text counts when its type is output_text. Depth 5. */
+static void add_output_part(extract_t *x, scan_t *s) {
+    jstr_t type = {0}, text = {0};
+    int has_type = 0, has_text = 0;
+    int r = open_object(s);
+    while (r == 1) {
+        jstr_t k;
+        if (scan_key(s, &k)) return;
+        if (KEY_IS(&k, "type"))
+            r = take_string(s, &has_type, &type, 6, ROLE_LITERAL);
+        else if (KEY_IS(&k, "text"))
+            r = take_string(s, &has_text, &text, 6, ROLE_LITERAL);
+        else
+            r = skip_value(s, 6);
+        if (r) return;
+        r = next_member(s, '}');
+    }
+    if (r == 0 && has_type && has_text && KEY_IS(&type, "output_text")) add_content(x, &text);
+}
+
+/* Walks a validated array of items (depth of the array given) calling fn on each object. */
+static void each_object(extract_t *x, scan_t *s, unsigned depth,
+                        void (*fn)(extract_t *, scan_t *)) {
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ']') return;
+    for (;;) {
+        skip_ws(s);
+        if (s->p >= s->end) return;
+        if (*s->p == '{')
+            fn(x, s);
+        else if (skip_value(s, depth + 1))
+            return;
+        if (next_member(s, ']') != 1) return;
+    }
+}
+
+/* A Responses API output item (depth 3): the parts of its last "content" array. */
+static void add_output_item(extract_t *x, scan_t *s) {
+    const unsigned char *content = NULL;
+    int r = open_object(s);
+    while (r == 1) {
+        jstr_t k;
+        if (scan_key(s, &k)) return;
+        int is_content = KEY_IS(&k, "content");
+        if (is_content) content = *s->p == '[' ? s->p : NULL;
+        if (skip_value(s, 4)) return;
+        r = next_member(s, '}');
+    }
+    if (r != 0 || !content) return;
+    scan_t c = {content, s->end, NULL};
+    each_object(x, &c, 4, add_output_part);
+}
+
+static void apply_doc(extract_t *x, const doc_t *d) {
+    if (!x->model) {
+        if (d->has_model && d->model.n)
+            set_model(x, &d->model);
+        else if (d->has_rmodel && d->rmodel.n)
+            set_model(x, &d->rmodel);
+    }
+    if (d->has_content) {
+        add_content(x, &d->content);
+    } else if (d->has_text) {
+        add_content(x, &d->text);
+    } else if (d->is_text_delta && d->has_delta) {
+        add_content(x, &d->delta);
+    } else if (d->output) {
+        scan_t s = {(const unsigned char *)d->output,
+                    (const unsigned char *)d->output + d->output_len, NULL};
+        each_object(x, &s, 2, add_output_item);
+    }
+    if (!(d->usage.has && apply_usage(x, &d->usage)) && d->rusage.has) apply_usage(x, &d->rusage);
+}
+
+/* Unicode's "maximal subpart" rule (as WHATWG decoders and Python's errors="replace"): the
+ * length of the ill-formed sequence at p that one U+FFFD replaces. */
+static size_t utf8_bad_len(const unsigned char *p, const unsigned char *end) {
+    unsigned c = p[0];
+    size_t need;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 1;
+    else if (c >= 0xE0 && c <= 0xEF)
+        need = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4)
+        need = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else
+        return 1;
+    size_t n = 1;
+    for (size_t i = 0; i < need && p + n < end; i++, lo = 0x80, hi = 0xBF) {
+        if (p[n] < lo || p[n] > hi) break;
+        n++;
+    }
+    return n;
+}
+
+/* A copy of buf with each ill-formed UTF-8 sequence replaced by U+FFFD, so a body that is
+ * valid JSON but for its encoding still gives its text and usage. NULL when buf is valid
+ * UTF-8 (nothing to repair) or out of memory. Only the path of a document the scanner
+ * refused pays for it. */
+static char *utf8_repair(const char *buf, size_t len, size_t *out_len) {
+    const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+    char *out = NULL;
+    size_t o = 0;
+    while (p < end) {
+        if (*p < 0x80) {
+            if (out) out[o++] = (char)*p;
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq(p, end);
+        if (n) {
+            if (out) memcpy(out + o, p, n), o += n;
+            p += n;
+            continue;
+        }
+        if (!out) { /* first bad byte: every byte becomes at most 3 */
+            if (len > (SIZE_MAX - 1) / 3 || !(out = malloc(len * 3 + 1))) return NULL;
+            o = (size_t)(p - (const unsigned char *)buf);
+            memcpy(out, buf, o);
+        }
+        memcpy(out + o, "\xEF\xBF\xBD", 3);
+        o += 3;
+        p += utf8_bad_len(p, end);
+    }
+    *out_len = o;
+    return out;
+}
+
+static int event_flags(int stream, const doc_t *d) {
+    if (!stream) return 0;
+    return (d->choices_empty && d->usage.has ? EXTRACT_EVENT_USAGE_ONLY : 0) |
+           (d->usage_null ? EXTRACT_EVENT_USAGE_NULL : 0);
+}
+
+/* Scans a document and applies what it says, also when the scanner refused it for its
+ * encoding alone (then from a repaired copy). 0 when buf itself was valid: *d holds it. */
+static int scan_apply(extract_t *x, const char *buf, size_t len, int stream, rec_t *rec, doc_t *d) {
+    if (scan_doc(buf, len, WANT_RESPONSE, stream, d, rec) == 0) {
+        if (x->cut_cb) x->event_flags = event_flags(stream, d);
+        apply_doc(x, d);
+        return 0;
+    }
+    size_t n;
+    char *fixed = utf8_repair(buf, len, &n);
+    if (!fixed) return -1;
+    if (scan_doc(fixed, n, WANT_RESPONSE, stream, d, NULL) == 0) {
+        if (x->cut_cb) x->event_flags = event_flags(stream, d);
+        apply_doc(x, d);
+    }
+    free(fixed);
+    return -1; /* not one to learn from */
 }
 
 static void on_event(void *ud, const char *event, size_t event_len, const char *data,
                      size_t data_len) {
     extract_t *x = ud;
     doc_t d;
-    if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) return;
+    x->event_flags = 0;
+    if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        x->saw_done = 1;
+        return;
+    }
     x->events++;
     int tried = x->tmpl.len && !x->backoff;
     if (tried && template_match(&x->tmpl, data, data_len, &d) == 0) {
         x->miss_streak = 0;
         x->fast_events++;
+        if (x->cut_cb) x->event_flags = event_flags(1, &d);
         apply_doc(x, &d);
         return;
     }
@@ -982,8 +1278,7 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
     rec.lost = 0;
     for (int i = 0; i < ROLE_COUNT; i++)
         rec.role_hole[i] = -1;
-    if (scan_doc(data, data_len, WANT_RESPONSE, 1, &d, record ? &rec : NULL) != 0) return;
-    apply_doc(x, &d);
+    if (scan_apply(x, data, data_len, 1, record ? &rec : NULL, &d) != 0) return;
     /* A damaged event says nothing about the stream's shape; a valid one that missed does. */
     if (tried && ++x->miss_streak >= 4) {
         unsigned k = x->miss_streak - 4;
@@ -991,6 +1286,13 @@ static void on_event(void *ud, const char *event, size_t event_len, const char *
     }
     /* While backing off, only the event before the next try is learned. */
     if (record && !x->backoff) template_learn(&x->tmpl, data, data_len, &rec, &d);
+}
+
+static void on_boundary(void *ud, size_t end) {
+    extract_t *x = ud;
+    int flags = x->event_flags;
+    x->event_flags = 0;
+    x->cut_cb(x->cut_ud, end, flags);
 }
 
 /* "type/subtype" followed by the end or parameters, ASCII case-insensitive. */
@@ -1068,7 +1370,7 @@ void extract_finish(extract_t *x) {
         memset(&x->tmpl, 0, sizeof(x->tmpl));
     } else if (x->kind == KIND_JSON && !x->body_over && x->body) {
         doc_t d;
-        if (scan_doc(x->body, x->body_len, WANT_RESPONSE, 0, &d, NULL) == 0) apply_doc(x, &d);
+        scan_apply(x, x->body, x->body_len, 0, NULL, &d);
     }
     /* The buffer stays for a recycled extractor (extract_pool_put trims a big one). */
     x->body_len = 0;
@@ -1157,10 +1459,82 @@ const char *extract_model(const extract_t *x) {
 
 int extract_usage(const extract_t *x, int64_t *prompt, int64_t *completion, int64_t *total) {
     if (!x || !x->has_usage) return 0;
-    if (prompt) *prompt = x->usage[0];
-    if (completion) *completion = x->usage[1];
-    if (total) *total = x->usage[2];
+    if (prompt) *prompt = x->usage[U_PROMPT];
+    if (completion) *completion = x->usage[U_COMPLETION];
+    if (total) *total = x->usage[U_TOTAL];
     return 1;
+}
+
+int extract_json_find_member(const char *buf, size_t len, size_t at, unsigned depth,
+                             const char *key, extract_json_member_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (at >= len || buf[at] != '{' || depth < 1 || depth >= JSON_MAX_DEPTH) return -1;
+    const unsigned char *base = (const unsigned char *)buf;
+    scan_t s = {base + at, base + len, NULL};
+    size_t key_len = strlen(key);
+    int r = open_object(&s);
+    out->has_members = r == 1;
+    const unsigned char *comma = NULL; /* before the member being read, if any */
+    int last = 0;                      /* the member found is the one just read */
+    while (r == 1) {
+        jstr_t k;
+        skip_ws(&s);
+        const unsigned char *key_at = s.p;
+        if (scan_key(&s, &k)) return -1;
+        const unsigned char *v = s.p;
+        if (skip_value(&s, depth + 1)) return -1;
+        last = key_is(&k, key, key_len);
+        if (last) {
+            out->found = 1;
+            out->value_start = (size_t)(v - base);
+            out->value_end = (size_t)(s.p - base);
+            out->member_start = (size_t)((comma ? comma : key_at) - base);
+            out->member_end = out->value_end;
+        }
+        skip_ws(&s);
+        comma = s.p;
+        r = next_member(&s, '}');
+        /* A first member goes with the comma after it, so that what is left stays JSON. */
+        if (last && r == 1 && out->member_start == (size_t)(key_at - base))
+            out->member_end = (size_t)(s.p - base);
+    }
+    if (r < 0) return -1;
+    out->close = (size_t)(s.p - base) - 1;
+    return 0;
+}
+
+int extract_usage_details(const extract_t *x, int64_t *cached, int64_t *reasoning) {
+    if (!x || !x->has_usage) return 0;
+    int has = 0;
+    if (x->usage_ok[U_CACHED]) {
+        has |= EXTRACT_HAS_CACHED;
+        if (cached) *cached = x->usage[U_CACHED];
+    }
+    if (x->usage_ok[U_REASONING]) {
+        has |= EXTRACT_HAS_REASONING;
+        if (reasoning) *reasoning = x->usage[U_REASONING];
+    }
+    return has;
+}
+
+int extract_is_sse(const extract_t *x) {
+    return x && x->kind == KIND_SSE;
+}
+
+int extract_saw_done(const extract_t *x) {
+    return x && x->saw_done;
+}
+
+int extract_at_event_boundary(const extract_t *x) {
+    return !x || !x->sse || sse_at_boundary(x->sse);
+}
+
+void extract_set_cut_cb(extract_t *x, extract_cut_cb cb, void *ud) {
+    if (!x) return;
+    x->cut_cb = cb;
+    x->cut_ud = ud;
+    /* Only then: a stream nobody cuts pays nothing per event for it. */
+    sse_set_boundary_cb(x->sse, cb ? on_boundary : NULL);
 }
 
 void extract_request_fields(const char *body, size_t len, char **model, int *stream) {

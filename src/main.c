@@ -56,6 +56,7 @@ static void close_handle(uv_handle_t *h, void *arg) {
 
 static void stop_now(process_t *pr) {
     route_ctx_t *ctx = &pr->ctx;
+    ctx->shutdown_closing = 1;
     store_detach_loop(ctx->store);
     server_close_all(ctx);
     upstream_pool_close_idle(ctx->pool);

@@ -18,11 +18,13 @@
 #include <strings.h>
 
 #include "route/access_log.h"
+#include "route/body_edit.h"
 #include "route/config.h"
 #include "route/extract.h"
 #include "route/hooks.h"
 #include "route/metrics.h"
 #include "route/records.h"
+#include "route/sse.h"
 #include "route/store.h"
 #include "route/tunnel.h"
 #include "route/upstream.h"
@@ -48,6 +50,21 @@ typedef struct proxy_req {
     uint64_t idle_ms; /* of the current attempt */
     const char *tunnel_summary;
     int sse; /* relaying a text/event-stream response (the active_streams gauge) */
+
+    /* The body sent upstream: the client's, or a copy that asks for the usage chunk. */
+    const char *up_body;
+    size_t up_body_len;
+    int forced_usage;   /* that copy: the usage chunk is the proxy's, kept from the client */
+    int ends_with_done; /* chat/completions or completions: a stream ends with data: [DONE] */
+    /* Forwarding by whole events (forced usage on an SSE answer), so the usage-only event can
+     * be left out: held keeps the start of an event still arriving; during a feed, bytes
+     * [fwd_from, fwd_to) of feed are whole events to forward; held_passed: the event was too
+     * big to hold and its start went out already. */
+    int by_events, held_passed;
+    buf_t held;
+    const char *feed;
+    refbuf_t *feed_ref;
+    size_t fwd_from, fwd_to;
 } proxy_req_t;
 
 static void proxy_finish(proxy_req_t *p, int record);
@@ -126,6 +143,7 @@ static int should_fail_over(const proxy_req_t *p, int status) {
 }
 
 static void try_next_candidate(proxy_req_t *p);
+static void on_event_end(void *ud, size_t end, int flags);
 
 /* "upstream 3 (api.example.com:443)": an attempt as error messages name it, by id and host,
  * never by key or path (the path may hold a deployment name, the query a key). */
@@ -144,6 +162,22 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     proxy_req_t *p = ud;
     route_attempt_t *a = &p->attempts[p->n_attempts - 1];
     a->status = status;
+    if (status == 400 && p->forced_usage) {
+        /* An upstream that does not know stream_options (older Azure OpenAI API versions, some
+         * compatible servers) refuses the forced flag: the same candidate is asked again with
+         * the body as the client sent it. No generation started, so it costs one quick 400. */
+        upstream_cancel(p->up);
+        p->up = NULL;
+        size_t len = 0;
+        p->up_body = http_request_body(p->http, &len);
+        p->up_body_len = len;
+        p->forced_usage = 0;
+        upstream_url_release(p->url_refs[p->n_attempts - 1]);
+        p->n_attempts--;
+        p->next--;
+        try_next_candidate(p);
+        return;
+    }
     if (should_fail_over(p, status)) {
         a->failed = 1;
         a->error = arena_printf(http_request_arena(p->http), "status %d", status);
@@ -194,13 +228,144 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
         p->sse = 1;
         metrics_stream_started(p->ctx->metrics);
     }
+    if (p->forced_usage && extract_is_sse(p->ex)) {
+        p->by_events = 1;
+        extract_set_cut_cb(p->ex, on_event_end, p);
+    }
+}
+
+/* An event bigger than this (a usage chunk is a few hundred bytes) is forwarded as it comes. */
+#define HOLD_MAX (64 * 1024)
+
+static void forward_range(proxy_req_t *p, size_t from, size_t to) {
+    if (to > from) http_response_write(p->http, p->feed + from, to - from, p->feed_ref);
+}
+
+/* The "usage": null member in one raw event (forcing made the upstream add it to every
+ * chunk; a client that did not ask would not have had it): 1 with *e, relative to raw. */
+static int usage_null_edit(const char *raw, size_t len, body_edit_t *e) {
+    size_t at, n;
+    if (sse_event_data(raw, len, &at, &n) != 0 ||
+        body_edit_remove_null_member(raw + at, n, "usage", e) != 1)
+        return 0;
+    e->at += at;
+    return 1;
+}
+
+/* Writes (copies) one whole event, without its "usage": null when it has one. */
+static void write_event_copy(proxy_req_t *p, const char *raw, size_t len, int flags) {
+    body_edit_t e;
+    if ((flags & EXTRACT_EVENT_USAGE_NULL) && usage_null_edit(raw, len, &e)) {
+        http_response_write(p->http, raw, e.at, NULL);
+        raw += e.at + e.cut;
+        len -= e.at + e.cut;
+    }
+    http_response_write(p->http, raw, len, NULL);
+}
+
+/* extract_cut_cb: an event ended at `end` of the buffer being fed; its bytes there begin at
+ * fwd_to. The usage-only chunk is the proxy's (the client did not ask for it): left out. */
+static void on_event_end(void *ud, size_t end, int flags) {
+    proxy_req_t *p = ud;
+    size_t start = p->fwd_to;
+    if (p->held_passed) { /* its start is out: the rest follows as it is */
+        p->held_passed = 0;
+        flags = 0;
+    }
+    if (p->held.len) { /* it began in an earlier buffer: it goes out whole from held */
+        if (!(flags & EXTRACT_EVENT_USAGE_ONLY)) {
+            if (buf_append(&p->held, p->feed + start, end - start) == 0)
+                write_event_copy(p, p->held.data, p->held.len, flags);
+            else { /* no memory: as it came */
+                http_response_write(p->http, p->held.data, p->held.len, NULL);
+                forward_range(p, start, end);
+            }
+        }
+        p->held.len = 0;
+        p->fwd_from = p->fwd_to = end;
+        return;
+    }
+    body_edit_t e;
+    if (flags & EXTRACT_EVENT_USAGE_ONLY) {
+        forward_range(p, p->fwd_from, start);
+        p->fwd_from = end;
+    } else if ((flags & EXTRACT_EVENT_USAGE_NULL) &&
+               usage_null_edit(p->feed + start, end - start, &e)) {
+        forward_range(p, p->fwd_from, start + e.at); /* in place, around the member */
+        p->fwd_from = start + e.at + e.cut;
+    }
+    p->fwd_to = end;
+}
+
+/* Forwards the whole events in data at once, keeps the start of the next one. */
+static void forward_by_events(proxy_req_t *p, const char *data, size_t len, refbuf_t *ref) {
+    p->feed = data;
+    p->feed_ref = ref;
+    p->fwd_from = p->fwd_to = 0;
+    extract_feed(p->ex, data, len);
+    forward_range(p, p->fwd_from, p->fwd_to);
+    size_t rest = len - p->fwd_to;
+    if (p->held_passed) {
+        forward_range(p, p->fwd_to, len);
+    } else if (rest > HOLD_MAX - p->held.len) {
+        if (p->held.len) http_response_write(p->http, p->held.data, p->held.len, NULL);
+        p->held.len = 0;
+        forward_range(p, p->fwd_to, len);
+        p->held_passed = 1;
+    } else if (rest && buf_append(&p->held, data + p->fwd_to, rest) != 0) {
+        forward_range(p, p->fwd_to, len); /* no memory to hold it: let it go as it is */
+        p->held_passed = 1;
+    }
+    p->feed = NULL;
+    p->feed_ref = NULL;
 }
 
 static void on_up_body(void *ud, const char *data, size_t len, refbuf_t *ref) {
     proxy_req_t *p = ud;
-    if (p->ex) extract_feed(p->ex, data, len);
-    if (http_response_write(p->http, data, len, ref) != 0) return;
+    if (p->by_events) {
+        forward_by_events(p, data, len, ref);
+        if (!http_request_client_connected(p->http)) return;
+    } else {
+        if (p->ex) extract_feed(p->ex, data, len);
+        if (http_response_write(p->http, data, len, ref) != 0) return;
+    }
     if (http_response_pending(p->http) > HTTP_WRITE_HIGH_WATER) upstream_pause(p->up);
+}
+
+/* The upstream broke a response that already started. An SSE client gets one last event
+ * saying so and the proper end of the body, so an SDK raises instead of returning a cut
+ * answer as if it were whole; any other body is cut (no terminating chunk), which tells an
+ * HTTP client the same. at_boundary: the bytes forwarded so far end between events. */
+static void end_broken_response(proxy_req_t *p, int at_boundary) {
+    if (!p->ex || !extract_is_sse(p->ex)) {
+        http_response_abort(p->http);
+        return;
+    }
+    if (p->by_events && !p->held_passed) {
+        p->held.len = 0; /* never forwarded: the client is between events */
+        at_boundary = 1;
+    }
+    buf_t *ev = &p->ctx->scratch;
+    ev->len = 0;
+    /* An event cut short is ended first, so the error is an event of its own. */
+    if (!at_boundary) buf_appends(ev, "\n\n");
+    buf_appends(ev, "data: {\"error\": {\"message\": ");
+    buf_append_json_string(ev, p->error, strlen(p->error));
+    buf_appends(ev, ", \"type\": \"upstream_error\"}}\n\n");
+    if (ev->data) http_response_write(p->http, ev->data, ev->len, NULL);
+    ev->len = 0;
+    http_response_end(p->http);
+}
+
+/* The exchange's error for an upstream that failed after the response head went out. */
+static void set_broken_error(proxy_req_t *p, route_attempt_t *a, int kind, const char *why) {
+    a->failed = 1;
+    a->error = arena_strdup(http_request_arena(p->http), why);
+    p->error = arena_printf(http_request_arena(p->http), "%s (upstream %s: %s)",
+                            kind == UPSTREAM_ERR_CLOSED ? "upstream closed mid-body"
+                                                        : "upstream failed mid-body",
+                            a->endpoint, why);
+    if (!p->error) p->error = "upstream failed mid-body";
 }
 
 static void on_client_drain(http_request_t *http) {
@@ -211,6 +376,19 @@ static void on_client_drain(http_request_t *http) {
 static void on_up_done(void *ud) {
     proxy_req_t *p = ud;
     p->up = NULL;
+    int at_boundary = extract_at_event_boundary(p->ex);
+    if (p->ex && extract_is_sse(p->ex)) extract_finish(p->ex); /* a last unended event too */
+    /* A chat stream is complete with its [DONE]: without it the answer may be cut short. */
+    if (p->ends_with_done && p->status >= 200 && p->status < 300 && p->ex &&
+        extract_is_sse(p->ex) && !extract_saw_done(p->ex)) {
+        set_broken_error(p, &p->attempts[p->n_attempts - 1], UPSTREAM_ERR_CLOSED,
+                         "the stream ended before data: [DONE]");
+        end_broken_response(p, at_boundary);
+        proxy_finish(p, 1);
+        return;
+    }
+    if (p->held.len) http_response_write(p->http, p->held.data, p->held.len, NULL);
+    p->held.len = 0;
     http_response_end(p->http);
     proxy_finish(p, 1);
 }
@@ -232,10 +410,9 @@ static void on_up_error(void *ud, int kind, const char *message) {
         try_next_candidate(p);
         return;
     }
-    /* Bytes already reached the client: no failover; cut the response so it sees the end. */
-    p->error = arena_printf(http_request_arena(p->http), "upstream %s failed mid-response: %s",
-                            a->endpoint, message);
-    http_response_abort(p->http);
+    /* Bytes already reached the client: no failover; it must see that the answer broke. */
+    set_broken_error(p, a, kind, message);
+    end_broken_response(p, extract_at_event_boundary(p->ex));
     proxy_finish(p, 1);
 }
 
@@ -438,12 +615,10 @@ static void build_headers(proxy_req_t *p, const route_candidate_t *c, buf_t *b) 
     }
     if (p->upgrade) append_upgrade_headers(p, b);
     /* The body is complete in memory, so it always goes with a Content-Length. */
-    size_t body_len = 0;
-    http_request_body(h, &body_len);
-    if (body_len || http_request_header(h, "content-length") ||
+    if (p->up_body_len || http_request_header(h, "content-length") ||
         http_request_header(h, "transfer-encoding")) {
         char num[24];
-        size_t n = util_fmt_i64(num, (int64_t)body_len);
+        size_t n = util_fmt_i64(num, (int64_t)p->up_body_len);
         append3(b, "Content-Length: ", num, n, "\r\n");
     }
 }
@@ -482,15 +657,14 @@ static void try_next_candidate(proxy_req_t *p) {
         buf_t *hdrs = &ctx->scratch;
         hdrs->len = 0;
         build_headers(p, c, hdrs);
-        size_t o_body_len = 0;
         upstream_request_opts_t o = {
             .url = p->url,
             .method = http_request_method(p->http),
             .target = build_target(p),
             .headers = hdrs->data,
             .headers_len = hdrs->len,
-            .body = http_request_body(p->http, &o_body_len),
-            .body_len = o_body_len,
+            .body = p->up_body,
+            .body_len = p->up_body_len,
             .head_request = strcmp(http_request_method(p->http), "HEAD") == 0,
             .upgrade = p->upgrade,
             .connect_timeout_ms = to_ms(connect),
@@ -529,6 +703,27 @@ static void try_next_candidate(proxy_req_t *p) {
     proxy_finish(p, 1);
 }
 
+/* A stream to chat/completions or completions that did not ask for its usage gets it anyway
+ * (config force_stream_usage): the accounting needs it, and the usage chunk it adds is kept
+ * from the client (forward_by_events). A body the edit cannot parse goes as it came. */
+static void force_stream_usage(proxy_req_t *p) {
+    const char *path = http_request_path(p->http);
+    p->ends_with_done =
+        strcmp(path, "/v1/chat/completions") == 0 || strcmp(path, "/v1/completions") == 0;
+    if (!p->ends_with_done || !p->rreq.stream || !config_current(p->ctx)->force_stream_usage ||
+        strcmp(http_request_method(p->http), "POST") != 0)
+        return;
+    body_edit_t e;
+    if (body_edit_include_usage(p->up_body, p->up_body_len, &e) != 1) return;
+    size_t n = body_edit_len(p->up_body_len, &e);
+    char *b = arena_alloc(http_request_arena(p->http), n);
+    if (!b) return;
+    body_edit_apply(p->up_body, p->up_body_len, &e, b);
+    p->up_body = b;
+    p->up_body_len = n;
+    p->forced_usage = 1;
+}
+
 /* ---------------------------------------------------------------- life */
 
 static void on_client_abort(http_request_t *http) {
@@ -548,7 +743,8 @@ static void on_client_abort(http_request_t *http) {
         upstream_cancel(p->up);
         p->up = NULL;
     }
-    p->error = http_request_abort_reason(http);
+    /* The shutdown grace being over closes every client: that is not the client's doing. */
+    p->error = p->ctx->shutdown_closing ? "shutdown" : http_request_abort_reason(http);
     proxy_finish(p, 1);
 }
 
@@ -581,6 +777,14 @@ static void proxy_finish(proxy_req_t *p, int record) {
         res.model = extract_model(p->ex);
         res.has_usage =
             extract_usage(p->ex, &res.prompt_tokens, &res.completion_tokens, &res.total_tokens);
+        /* All zeros is what some servers send when they counted nothing: no usage known. */
+        if (res.has_usage && !res.prompt_tokens && !res.completion_tokens && !res.total_tokens)
+            res.has_usage = 0;
+        int details = res.has_usage
+                          ? extract_usage_details(p->ex, &res.cached_tokens, &res.reasoning_tokens)
+                          : 0;
+        res.has_cached = (details & EXTRACT_HAS_CACHED) != 0;
+        res.has_reasoning = (details & EXTRACT_HAS_REASONING) != 0;
     }
     if (record) {
         /* Accounting is C's, whatever the hooks do: on_response only observes (it may add to
@@ -597,6 +801,7 @@ static void proxy_finish(proxy_req_t *p, int record) {
     access_log_request(p->ctx->access_log, &p->rreq, &res);
     hooks_release(p->ctx->hooks, &p->rreq);
     if (p->ex) extract_pool_put(&p->ctx->extract_pool, p->ex);
+    buf_free(&p->held);
     for (size_t i = 0; i < p->n_attempts; i++)
         upstream_url_release(p->url_refs[i]);
     http_request_set_handler(http, NULL, NULL, NULL);
@@ -643,6 +848,9 @@ void proxy_handle(http_request_t *http) {
         proxy_finish(p, 1);
         return;
     }
+    p->up_body = body;
+    p->up_body_len = body_len;
+    force_stream_usage(p);
     p->attempts = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->attempts));
     p->url_refs = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->url_refs));
     p->urls = arena_alloc(http_request_arena(http), p->n_cands * sizeof(*p->urls));

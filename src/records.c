@@ -58,10 +58,13 @@ store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
     r->response_len = r->response ? res->content_len : 0;
     r->status = res->status;
     r->upstream_id = res->upstream_id;
+    r->usage_missing = !res->has_usage;
     if (res->has_usage) {
         r->prompt_tokens = res->prompt_tokens;
         r->completion_tokens = res->completion_tokens;
         r->total_tokens = res->total_tokens;
+        if (res->has_cached) r->cached_tokens = res->cached_tokens;
+        if (res->has_reasoning) r->reasoning_tokens = res->reasoning_tokens;
     }
     r->elapsed_ns = res->elapsed_ns;
     r->response_time_ns = res->ttfb_ns;

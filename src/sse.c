@@ -14,8 +14,10 @@ typedef struct {
 
 struct sse_parser {
     sse_event_cb cb;
+    sse_boundary_cb boundary_cb;
     void *ud;
     size_t max_event;
+    const char *feed_start; /* the caller's buffer in this sse_feed, for boundary offsets */
 
     /* A line cut by the end of a feed; in_line is set even when its bytes were not kept
      * (dropped event) because an unterminated line is still a non-blank line. */
@@ -216,6 +218,7 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             keep_partial(p, s, (size_t)(end - s));
             break;
         }
+        int blank = 0;
         if (p->in_line) {
             keep_partial(p, s, (size_t)(eol - s));
             /* Non-blank whatever was kept: process_line skips the bytes when dropping. */
@@ -223,6 +226,7 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             p->line.len = 0;
             p->in_line = 0;
         } else {
+            blank = eol == s;
             process_line(p, s, (size_t)(eol - s), 1);
         }
         s = eol + 1;
@@ -232,8 +236,29 @@ static void feed_lines(sse_parser_t *p, const char *s, size_t len) {
             else if (*s == '\n')
                 s++;
         }
+        if (blank && p->boundary_cb) p->boundary_cb(p->ud, (size_t)(s - p->feed_start));
     }
     own_fields(p);
+}
+
+int sse_event_data(const char *raw, size_t len, size_t *at, size_t *n) {
+    int found = 0;
+    for (size_t i = 0; i < len;) {
+        size_t e = i;
+        while (e < len && raw[e] != '\n' && raw[e] != '\r')
+            e++;
+        const char *s = raw + i;
+        size_t l = e - i;
+        if (l >= 4 && memcmp(s, "data", 4) == 0 && (l == 4 || s[4] == ':')) {
+            if (found++) return -1;
+            size_t v = l > 4 ? 5 : 4;
+            if (v < l && s[v] == ' ') v++;
+            *at = i + v;
+            *n = l - v;
+        }
+        i = e + (e < len && raw[e] == '\r' && e + 1 < len && raw[e + 1] == '\n' ? 2 : 1);
+    }
+    return found == 1 ? 0 : -1;
 }
 
 sse_parser_t *sse_new(sse_event_cb cb, void *ud, size_t max_event) {
@@ -245,8 +270,17 @@ sse_parser_t *sse_new(sse_event_cb cb, void *ud, size_t max_event) {
     return p;
 }
 
+void sse_set_boundary_cb(sse_parser_t *p, sse_boundary_cb cb) {
+    if (p) p->boundary_cb = cb;
+}
+
+int sse_at_boundary(const sse_parser_t *p) {
+    return !p || (!p->in_line && !p->has_data && !p->has_event && !p->size && !p->drop);
+}
+
 void sse_feed(sse_parser_t *p, const char *data, size_t len) {
     if (!p || !len) return;
+    p->feed_start = data;
     /* A leading BOM is ignored (WHATWG); it may arrive split across feeds. */
     while (p->bom >= 0 && len) {
         if (*data != bom_bytes[p->bom]) {

@@ -35,6 +35,7 @@ typedef struct route_ctx {
     reloader_t *reloader;
     config_state_t *config; /* the typed snapshot: read it through config_current(ctx) */
     int shutting_down;
+    int shutdown_closing; /* the shutdown grace is over: what closes now, the shutdown closes */
 
     /* Per-loop recycling, so a request in steady state costs no malloc or syscall for these
      * (loop thread only; route_ctx_release_caches frees them at exit). */

@@ -49,8 +49,10 @@ typedef struct route_res {
     const char *model;   /* extracted from the response, or NULL */
     const char *content; /* extracted assistant text (capped), or NULL */
     size_t content_len;
-    int has_usage;
+    int has_usage; /* 0 also when every count was 0: that is no usage reported */
     int64_t prompt_tokens, completion_tokens, total_tokens;
+    int has_cached, has_reasoning; /* the usage's subsets were reported */
+    int64_t cached_tokens, reasoning_tokens;
     int64_t elapsed_ns, ttfb_ns;
     const char *error; /* NULL on success */
     int client_aborted;

@@ -58,6 +58,10 @@ typedef struct store_record {
     int status;
     int64_t upstream_id; /* 0: none */
     int64_t prompt_tokens, completion_tokens, total_tokens;
+    /* No usage was reported (or all of it 0): the three counts are written as NULL. */
+    int usage_missing;
+    /* The subsets of the usage the API reports; < 0 when it did not (NULL). */
+    int64_t cached_tokens, reasoning_tokens;
     /* The store's queue link (so queueing a row costs no allocation) and the bytes the row
      * holds while queued (set by the store); callers leave both alone. */
     struct store_record *queue_next;

@@ -89,9 +89,13 @@ void lua_api_record_apply(lua_State *L, int t, store_record_t *r) {
     int64_t v;
     if (field_num(L, t, "status", 1, &v)) r->status = (int)v;
     field_num(L, t, "upstream_id", 1, &r->upstream_id);
-    field_num(L, t, "prompt_tokens", 1, &r->prompt_tokens);
-    field_num(L, t, "completion_tokens", 1, &r->completion_tokens);
-    field_num(L, t, "total_tokens", 1, &r->total_tokens);
+    /* A count the script gives is a count, also on a row C wrote without usage. */
+    if (field_num(L, t, "prompt_tokens", 1, &r->prompt_tokens) |
+        field_num(L, t, "completion_tokens", 1, &r->completion_tokens) |
+        field_num(L, t, "total_tokens", 1, &r->total_tokens))
+        r->usage_missing = 0;
+    field_num(L, t, "cached_tokens", 1, &r->cached_tokens);
+    field_num(L, t, "reasoning_tokens", 1, &r->reasoning_tokens);
     /* Seconds, as every time in Lua; the *_ns names take integer nanoseconds and win. */
     field_num(L, t, "elapsed", 1e9, &r->elapsed_ns);
     field_num(L, t, "response_time", 1e9, &r->response_time_ns);

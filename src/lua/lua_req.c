@@ -312,6 +312,14 @@ static int res_index(lua_State *L) {
         lua_setfield(L, -2, "completion_tokens");
         lua_pushinteger(L, (lua_Integer)res->total_tokens);
         lua_setfield(L, -2, "total_tokens");
+        if (res->has_cached) {
+            lua_pushinteger(L, (lua_Integer)res->cached_tokens);
+            lua_setfield(L, -2, "cached_tokens");
+        }
+        if (res->has_reasoning) {
+            lua_pushinteger(L, (lua_Integer)res->reasoning_tokens);
+            lua_setfield(L, -2, "reasoning_tokens");
+        }
     } else if (strcmp(k, "elapsed") == 0) {
         lua_pushnumber(L, (lua_Number)res->elapsed_ns / 1e9);
     } else if (strcmp(k, "ttfb") == 0) {

@@ -67,6 +67,8 @@ static const struct {
     {"records", "response_time", "integer"},
     {"records", "user_agent", "text"},
     {"records", "error", "text"},
+    {"records", "cached_tokens", "integer"},
+    {"records", "reasoning_tokens", "integer"},
 };
 
 /* Newest-first listing sorts by the instant, not the text: rows written under different UTC
@@ -579,6 +581,7 @@ store_record_t *store_record_new_inline(const char *id, int64_t created_at, size
     r->id[n] = '\0';
     r->created_at = created_at;
     r->inline_len = inline_len;
+    r->cached_tokens = r->reasoning_tokens = -1;
     return r;
 }
 

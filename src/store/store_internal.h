@@ -38,7 +38,7 @@
 #define RECORD_COLUMNS                                                                             \
     "`id`,`created_at`,`ip`,`body`,`response`,`elapsed_time`,`model`,`status`,`upstream_id`,"      \
     "`upstream_endpoint`,`prompt_tokens`,`completion_tokens`,`total_tokens`,`response_time`,"      \
-    "`user_agent`,`error`"
+    "`user_agent`,`error`,`cached_tokens`,`reasoning_tokens`"
 
 typedef struct kv {
     char *key, *value;

@@ -162,6 +162,11 @@ static store_record_t *read_record(sqlite3_stmt *st) {
     r->response_time_ns = sqlite3_column_int64(st, 13);
     r->user_agent = store_column_dup(st, 14, NULL);
     r->error = store_column_dup(st, 15, NULL);
+    r->usage_missing = sqlite3_column_type(st, 10) == SQLITE_NULL;
+    r->cached_tokens =
+        sqlite3_column_type(st, 16) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 16);
+    r->reasoning_tokens =
+        sqlite3_column_type(st, 17) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 17);
     return r;
 }
 

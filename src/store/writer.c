@@ -201,7 +201,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages) {
 
 int store_writer_prepare(store_t *s, const char *path, char **err) {
     static const char *const sql[] = {
-        "INSERT INTO `records` (" RECORD_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO `records` (" RECORD_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         /* Folded: ?1 successes, ?2 failures, ?3 the newest success (used when ?1 > 0), ?4 the
          * newest bump, ?5 the upstream. */
         "UPDATE `openai_upstreams` SET `success_count`=COALESCE(`success_count`,0)+?1,"
@@ -319,6 +319,15 @@ static int write_record(store_t *s, const store_record_t *r) {
                         (int64_t)r->status, r->upstream_id, r->upstream_endpoint ?: "",
                         r->prompt_tokens, r->completion_tokens, r->total_tokens,
                         r->response_time_ns, r->user_agent ?: "", r->error ?: "");
+    /* A count nobody reported is NULL, never a 0 that would read as "free". */
+    for (int col = 11; r->usage_missing && rc == SQLITE_OK && col <= 13; col++)
+        rc = sqlite3_bind_null(st, col);
+    if (rc == SQLITE_OK)
+        rc = r->cached_tokens >= 0 ? sqlite3_bind_int64(st, 17, r->cached_tokens)
+                                   : sqlite3_bind_null(st, 17);
+    if (rc == SQLITE_OK)
+        rc = r->reasoning_tokens >= 0 ? sqlite3_bind_int64(st, 18, r->reasoning_tokens)
+                                      : sqlite3_bind_null(st, 18);
     if (rc == SQLITE_OK) rc = store_step_reset(st);
     return rc == SQLITE_DONE ? 0 : -1;
 }

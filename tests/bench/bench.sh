@@ -286,6 +286,10 @@ EOF
 
 route_db() { # DIR ENDPOINT
     "$bin" -database "$1/db.sqlite" -set "authorization=$token" >/dev/null
+    # The canned stream is the same bytes whatever the request asks (usage included), and every
+    # target must pass it on byte for byte: no forced include_usage here (the same request and
+    # path as the earlier runs; the forced path is tests/integration/test_stream_usage.py's).
+    "$bin" -database "$1/db.sqlite" -set "force_stream_usage=0" >/dev/null
     "$bin" -database "$1/db.sqlite" -add -sk sk-bench -endpoint "$2" >/dev/null
 }
 route_db "$work/route-db" "http://127.0.0.1:$p_mock/v1"

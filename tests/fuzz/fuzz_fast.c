@@ -34,7 +34,8 @@ typedef struct {
     size_t content_len;
     char *model;
     int has_usage;
-    int64_t u[3];
+    int64_t u[5]; /* prompt, completion, total, cached, reasoning */
+    int details;
     size_t events, fast;
 } result_t;
 
@@ -55,6 +56,7 @@ static result_t run(const char *s, size_t len, size_t cut, int fast) {
     }
     if (extract_model(x)) r.model = strdup(extract_model(x));
     r.has_usage = extract_usage(x, &r.u[0], &r.u[1], &r.u[2]);
+    r.details = extract_usage_details(x, &r.u[3], &r.u[4]);
     r.fast = extract_fast_events(x, &r.events);
     if (r.fast > r.events || (!fast && r.fast)) abort();
     extract_free(x);
@@ -67,6 +69,7 @@ static void same(const char *s, size_t len, size_t cut) {
     if (a.content && memcmp(a.content, b.content, a.content_len) != 0) abort();
     if (!a.model != !b.model || (a.model && strcmp(a.model, b.model) != 0)) abort();
     if (a.has_usage != b.has_usage || (a.has_usage && memcmp(a.u, b.u, sizeof(a.u)) != 0)) abort();
+    if (a.details != b.details) abort();
     if (a.events != b.events) abort();
     free(a.content);
     free(a.model);

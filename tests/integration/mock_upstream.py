@@ -19,7 +19,8 @@ Every HTTP response the mock writes carries `X-Mock-Name: <name>`, and the JSON 
 carry `"mock": "<name>"`, so routing tests can see which upstream answered.
 
 Responses: Json, ChatCompletion, Sse, ChatStream, Chunked, CloseDelimited, Status, Echo, Raw,
-Drop, Hang, Delay, or any callable `fn(req) -> response`.
+Drop, Hang, Delay, ResponsesJson, ResponsesStream, or any callable `fn(req) -> response`.
+`Sse(..., then="reset")` resets the connection (TCP RST) after its events instead of ending.
 
 Timing: `Sse(..., gates={1: event})` waits (bounded) on `event` before sending event 1, and
 `sse.sent[i]` is set once event i has been written, so a test can prove event 0 reached the
@@ -39,8 +40,8 @@ import time
 __all__ = [
     "MockUpstream", "MockRequest", "ClientGone",
     "Auto", "Json", "ChatCompletion", "Sse", "ChatStream", "Chunked", "CloseDelimited",
-    "Status", "Echo", "Raw", "Drop", "Hang", "Delay",
-    "chat_completion_body", "chat_chunk",
+    "Status", "Echo", "Raw", "Drop", "Hang", "Delay", "ResponsesJson", "ResponsesStream",
+    "chat_completion_body", "chat_chunk", "responses_body", "usage_dict",
 ]
 
 MAX_HEADER_BYTES = 1024 * 1024
@@ -204,8 +205,25 @@ def chat_completion_body(content="Hello from the mock.", model="gpt-mock", usage
     return body
 
 
+def usage_dict(usage, responses=False):
+    """(prompt, completion, total[, cached[, reasoning]]) as the API's usage object (Chat
+    Completions names, or the Responses API's)."""
+    p, c, t = usage[:3]
+    if responses:
+        u = {"input_tokens": p, "output_tokens": c, "total_tokens": t}
+    else:
+        u = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t}
+    if len(usage) > 3:
+        u["input_tokens_details" if responses else "prompt_tokens_details"] = {
+            "cached_tokens": usage[3], **({} if responses else {"audio_tokens": 0})}
+    if len(usage) > 4:
+        u["output_tokens_details" if responses else "completion_tokens_details"] = {
+            "reasoning_tokens": usage[4]}
+    return u
+
+
 def chat_chunk(content=None, model="gpt-mock", role=None, finish_reason=None, usage=None,
-               mock_name=None, empty_choices=False):
+               mock_name=None, empty_choices=False, usage_null=False):
     delta = {}
     if role:
         delta["role"] = role
@@ -216,8 +234,9 @@ def chat_chunk(content=None, model="gpt-mock", role=None, finish_reason=None, us
           "choices": [] if empty_choices else
           [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
     if usage is not None:
-        ev["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                       "total_tokens": usage[2]}
+        ev["usage"] = usage_dict(usage)
+    elif usage_null:
+        ev["usage"] = None  # what OpenAI sends in every other chunk once usage was asked for
     if mock_name is not None:
         ev["mock"] = mock_name
     return ev
@@ -281,7 +300,8 @@ class Sse:
     """
 
     def __init__(self, events, delay=0.0, gates=None, done=True, status=200, headers=None,
-                 framing="chunked", gate_timeout=GATE_TIMEOUT):
+                 framing="chunked", gate_timeout=GATE_TIMEOUT, then=None):
+        self.then = then  # "reset": a TCP RST after the events, no end of the body
         self.events = list(events)
         self.delay, self.gates, self.done = delay, dict(gates or {}), done
         self.status, self.headers, self.framing = status, _hdrs(headers), framing
@@ -307,6 +327,7 @@ class Sse:
         payloads = self._events(w)
         if self.done:
             payloads.append(b"data: [DONE]\n\n")
+        self.payloads = payloads  # the bytes of each event, as written (for byte comparisons)
         hs = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")] + self.headers
         for g in self.gates.values():
             w.mock._add_waiter(g)
@@ -321,6 +342,10 @@ class Sse:
                     self.gate_timed_out.append(i)
                 w.body_piece(self.framing, p)
                 self.sent[i].set()
+            if self.then == "reset":
+                _reset(w)
+                self.finished.set()
+                return False
             keep = w.finish(self.framing)
         except ClientGone:
             self.aborted.set()
@@ -329,27 +354,119 @@ class Sse:
         return keep
 
 
+def _reset(w):
+    """Ends the connection with a TCP RST (SO_LINGER 0), as a crashed upstream does."""
+    import struct
+    try:
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.handler.rfile.close()  # the makefile holds the fd open otherwise
+        w.sock.close()
+    except OSError:
+        pass
+
+
 class ChatStream(Sse):
     """An SSE chat.completion.chunk stream: a role chunk, one chunk per piece, a finish chunk,
     then (usage given) a usage chunk with empty choices, then [DONE]. Event indexes for
-    gates/sent: 0 = role chunk, 1..n = the pieces, n+1 = finish, n+2 = usage (if any)."""
+    gates/sent: 0 = role chunk, 1..n = the pieces, n+1 = finish, n+2 = usage (if any).
+    usage: (prompt, completion, total[, cached[, reasoning]]); usage="asked": the request's
+    stream_options.include_usage decides, with usage_when_asked. usage_null: the chunks before
+    the usage chunk carry "usage": null, as OpenAI's do."""
 
     def __init__(self, pieces=("Hello", " from", " the", " mock."), model=None, usage=None,
-                 **kw):
+                 usage_null=False, usage_when_asked=(5, 4, 9), **kw):
         self.pieces, self.model, self.usage = list(pieces), model, usage
+        self.usage_null, self.usage_when_asked = usage_null, usage_when_asked
         n = len(self.pieces) + 2 + (1 if usage else 0)
         super().__init__([None] * n, **kw)
 
     def _events(self, w):
         model = self.model or _request_model(w.req)
         name = w.mock.name
-        evs = [chat_chunk("", model, role="assistant", mock_name=name)]
-        evs += [chat_chunk(p, model, mock_name=name) for p in self.pieces]
-        evs.append(chat_chunk(None, model, finish_reason="stop", mock_name=name))
-        if self.usage:
-            evs.append(chat_chunk(None, model, usage=self.usage, mock_name=name,
+        usage = self.usage
+        if usage == "asked":
+            j = w.req.json_or_none()
+            so = j.get("stream_options") if isinstance(j, dict) else None
+            usage = self.usage_when_asked if isinstance(so, dict) and so.get(
+                "include_usage") is True else None
+        null = bool(usage) and self.usage_null
+        evs = [chat_chunk("", model, role="assistant", mock_name=name, usage_null=null)]
+        evs += [chat_chunk(p, model, mock_name=name, usage_null=null) for p in self.pieces]
+        evs.append(chat_chunk(None, model, finish_reason="stop", mock_name=name,
+                              usage_null=null))
+        if usage:
+            evs.append(chat_chunk(None, model, usage=usage, mock_name=name,
                                   empty_choices=True))
         return [self.encode(e) for e in evs]
+
+
+def responses_body(text="Hello from the mock.", model="gpt-mock", usage=(5, 7, 12),
+                   mock_name=None, status="completed"):
+    """A Responses API response object with one assistant message."""
+    body = {
+        "id": "resp_mock", "object": "response", "created_at": int(time.time()),
+        "status": status, "model": model,
+        "output": [{"id": "msg_mock", "type": "message", "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": usage_dict(usage, responses=True) if usage else None,
+    }
+    if mock_name is not None:
+        body["mock"] = mock_name
+    return body
+
+
+class ResponsesJson:
+    """A /v1/responses JSON answer; model defaults to the request's."""
+
+    def __init__(self, text="Hello from the mock.", model=None, usage=(5, 7, 12)):
+        self.text, self.model, self.usage = text, model, usage
+
+    def send(self, w):
+        body = responses_body(self.text, self.model or _request_model(w.req), self.usage,
+                              mock_name=w.mock.name)
+        return Json(body).send(w)
+
+
+class ResponsesStream(Sse):
+    """A /v1/responses stream with its typed events (event: + data:), as OpenAI sends them:
+    response.created, response.in_progress, output_item.added, content_part.added, one
+    output_text.delta per piece, output_text.done, content_part.done, output_item.done,
+    response.completed (with usage). No [DONE]. Event indexes: 0..3 before the deltas, then
+    one per piece."""
+
+    def __init__(self, pieces=("Hello", " from", " the", " mock."), model=None, usage=(5, 7, 12),
+                 **kw):
+        self.pieces, self.model, self.usage = list(pieces), model, usage
+        kw.setdefault("done", False)
+        super().__init__([None] * (len(self.pieces) + 8), **kw)
+
+    def _events(self, w):
+        model = self.model or _request_model(w.req)
+        text = "".join(self.pieces)
+        seq = iter(range(10000))
+
+        def ev(type_, **fields):
+            data = {"type": type_, "sequence_number": next(seq), **fields}
+            return ("event: %s\ndata: %s\n\n" % (type_, json.dumps(data))).encode()
+
+        start = responses_body("", model, None, status="in_progress")
+        start["output"] = []
+        item = {"id": "msg_mock", "type": "message", "status": "in_progress",
+                "role": "assistant", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        at = {"item_id": "msg_mock", "output_index": 0, "content_index": 0}
+        evs = [ev("response.created", response=start), ev("response.in_progress", response=start),
+               ev("response.output_item.added", output_index=0, item=item),
+               ev("response.content_part.added", part=part, **at)]
+        evs += [ev("response.output_text.delta", delta=p, logprobs=[], **at) for p in self.pieces]
+        evs.append(ev("response.output_text.done", text=text, logprobs=[], **at))
+        evs.append(ev("response.content_part.done", part=dict(part, text=text), **at))
+        done_item = dict(item, status="completed", content=[dict(part, text=text)])
+        evs.append(ev("response.output_item.done", output_index=0, item=done_item))
+        final = responses_body(text, model, self.usage, mock_name=w.mock.name)
+        evs.append(ev("response.completed", response=final))
+        return evs
 
 
 class Chunked:

@@ -20,7 +20,8 @@ UPSTREAM_FIELDS = ["ID", "CreatedAt", "UpdatedAt", "DeletedAt", "SK", "Endpoint"
                    "FailedCount", "LastCallSuccessTime"]
 RECORD_FIELDS = ["ID", "CreatedAt", "IP", "Body", "Response", "ElapsedTime", "Model", "Status",
                  "UpstreamID", "UpstreamEndpoint", "PromptTokens", "CompletionTokens",
-                 "TotalTokens", "ResponseTime", "UserAgent", "Error"]
+                 "TotalTokens", "ResponseTime", "UserAgent", "Error", "CachedTokens",
+                 "ReasoningTokens"]
 
 START_MSG = "authorization header should start with 'Bearer'"
 WRONG_MSG = "wrong authorization header"

@@ -9,6 +9,7 @@ closes without the terminating chunk) and the record's error says why. Loopback 
 connect that hangs comes from a listener whose accept queue is full (tls_util.BlockedPort), a
 TLS handshake that hangs from a server that accepts and never speaks (tls_util.SilentServer)."""
 
+import json
 import threading
 import time
 
@@ -175,8 +176,10 @@ def test_timeout_does_not_apply_to_stream_requests(proxy_factory, mock):
 # --------------------------------------------------------------------------- idle_timeout
 
 def read_cut_stream(p, first_bytes):
-    """Sends a stream request; reads until first_bytes arrived; then until the connection
-    closes. Returns (body so far, seconds from first_bytes to the close)."""
+    """Sends a stream request; reads until first_bytes arrived; then to the end of the body,
+    which (issue 10, item 3) is one error event and the terminating chunk: an SSE stream cut
+    upstream is ended so that an SDK raises. Returns (body, seconds from first_bytes to its
+    end)."""
     with p.connect(timeout=15) as c:
         c.send(p.raw_request("POST", CHAT, chat_body(stream=True)))
         head = c.read_head(timeout=10)
@@ -184,10 +187,13 @@ def read_cut_stream(p, first_bytes):
         assert head.framing == "chunked"
         head.reader.read_until(first_bytes, timeout=10)
         t = time.monotonic()
-        with pytest.raises(FramingError):  # closed inside the body: no terminating chunk
-            head.reader.read_all(timeout=10)
-        assert c.eof
-        return bytes(head.reader.body), time.monotonic() - t
+        body = head.reader.read_all(timeout=10)
+        took = time.monotonic() - t
+        last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith(b"data: "), body
+        assert json.loads(last[6:])["error"]["type"] == "upstream_error", body
+        assert body.count(b"upstream_error") == 1, body
+        return bytes(body), took
 
 
 def test_idle_timeout_cuts_a_stalled_stream(proxy_factory, mock):

@@ -17,7 +17,8 @@ typedef struct {
     size_t content_len;
     char *model;
     int has_usage;
-    int64_t u[3];
+    int64_t u[5]; /* prompt, completion, total, cached, reasoning */
+    int details;
 } result_t;
 
 static void result_free(result_t *r) {
@@ -29,7 +30,7 @@ static int result_eq(const result_t *a, const result_t *b) {
     if (!a->content != !b->content || a->content_len != b->content_len) return 0;
     if (a->content && memcmp(a->content, b->content, a->content_len) != 0) return 0;
     if (!a->model != !b->model || (a->model && strcmp(a->model, b->model) != 0)) return 0;
-    if (a->has_usage != b->has_usage) return 0;
+    if (a->has_usage != b->has_usage || a->details != b->details) return 0;
     return !a->has_usage || memcmp(a->u, b->u, sizeof(a->u)) == 0;
 }
 
@@ -59,6 +60,7 @@ static result_t run_mode(const char *ct, const char *body, size_t len, const siz
     }
     if (extract_model(x)) r.model = strdup(extract_model(x));
     r.has_usage = extract_usage(x, &r.u[0], &r.u[1], &r.u[2]);
+    r.details = extract_usage_details(x, &r.u[3], &r.u[4]);
     last_fast = extract_fast_events(x, &last_events);
     extract_free(x);
     return r;
@@ -176,7 +178,9 @@ static void test_stream_skips(void) {
     int same;
     result_t r = run_all_splits(SSE, body, &same);
     CHECK(same);
-    CHECK(content_is(&r, "abc"));
+    /* Invalid UTF-8 alone does not discard an event: its text comes with U+FFFD (issue 11). */
+    CHECK(content_is(&r, "aB\xEF\xBF\xBD"
+                         "bc"));
     CHECK(r.model && strcmp(r.model, "first") == 0);
     CHECK(!r.has_usage);
     result_free(&r);
@@ -759,7 +763,10 @@ static void test_fast_malformed(void) {
         "data: " OBODY("c") "}\ndata: \n\n"
         "data: " OBODY("d") "}\n\n";
     /* clang-format on */
-    fast_case("damaged", body, "abcd", 1);
+    fast_case("damaged", body,
+              "aB\xEF\xBF\xBD"
+              "bcd",
+              1);
 }
 
 /* Duplicate keys: the last one wins on both paths, also when only the first one changes. */
@@ -793,6 +800,12 @@ static void test_fast_usage(void) {
     result_free(&r);
     r = run1(SSE, UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "-9223372036854775808", "7"));
     CHECK(usage_is(&r, 5, INT64_MIN, 7));
+    result_free(&r);
+    /* A count that is a real in the template is no hole: the integer after it is read by the
+     * scanner (an inert hole used to take it and keep the template's "not a count"). */
+    r = run1(SSE,
+             UCHUNK("a", "5", "1.5", "6") UCHUNK("b", "5", "2", "7") UCHUNK("c", "5", "3", "8"));
+    CHECK(usage_is(&r, 5, 3, 8) && content_is(&r, "abc"));
     result_free(&r);
     r = run1(SSE, UCHUNK("a", "5", "1", "6") UCHUNK("b", "5", "9223372036854775808", "7"));
     CHECK(usage_is(&r, 5, 1, 6) && content_is(&r, "a"));
@@ -881,7 +894,211 @@ static void test_fast_large(void) {
     free(stream);
 }
 
+/* ---- issue 10: the Responses API, usage subsets, usage-only chunks, event ends ---- */
+
+static void test_responses_json(void) {
+    static const char body[] =
+        "{\"id\":\"resp_1\",\"object\":\"response\",\"model\":\"gpt-4o-2024\",\"output\":["
+        "{\"type\":\"reasoning\",\"id\":\"rs_1\",\"summary\":[]},"
+        "{\"type\":\"message\",\"id\":\"msg_1\",\"role\":\"assistant\",\"content\":["
+        "{\"type\":\"output_text\",\"text\":\"Hel\",\"annotations\":[]},"
+        "{\"type\":\"refusal\",\"refusal\":\"no\"},"
+        "{\"text\":\"lo\\u0021\",\"type\":\"output\\u005ftext\"}]}],"
+        "\"usage\":{\"input_tokens\":36,\"input_tokens_details\":{\"cached_tokens\":8},"
+        "\"output_tokens\":87,\"output_tokens_details\":{\"reasoning_tokens\":64},"
+        "\"total_tokens\":123}}";
+    int same;
+    result_t r = run_all_splits(JSON, body, &same);
+    CHECK(same);
+    CHECK(content_is(&r, "Hello!"));
+    CHECK(r.model && strcmp(r.model, "gpt-4o-2024") == 0);
+    CHECK(usage_is(&r, 36, 87, 123));
+    CHECK(r.details == (EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING));
+    CHECK(r.u[3] == 8 && r.u[4] == 64);
+    result_free(&r);
+    /* No output_text part: no text. */
+    r = run1(JSON, "{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"refusal\"}]}]}");
+    CHECK(!r.content);
+    result_free(&r);
+    /* An item's content given twice: the last one counts, as in any JSON reader. */
+    r = run1(JSON, "{\"output\":[{\"content\":[{\"type\":\"output_text\",\"text\":\"BAD\"}],"
+                   "\"content\":[{\"type\":\"output_text\",\"text\":\"ok\"}]}]}");
+    CHECK(content_is(&r, "ok"));
+    result_free(&r);
+}
+
+#define REV(type, rest) "event: " type "\ndata: {\"type\":\"" type "\"" rest "}\n\n"
+#define RDELTA(seq, d)                                                                             \
+    REV("response.output_text.delta",                                                              \
+        ",\"sequence_number\":" seq ",\"item_id\":\"msg_67c\","                                    \
+        "\"output_index\":0,\"content_index\":0,\"delta\":\"" d "\"")
+
+static void test_responses_stream(void) {
+    static const char body[] = REV("response.created",
+                                   ",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\","
+                                   "\"model\":\"gpt-4.1-2025\",\"output\":[],\"usage\":null}")
+        REV("response.output_item.added", ",\"item\":{\"type\":\"message\",\"content\":[]}") RDELTA(
+            "4", "Hi") RDELTA("5", " the") RDELTA("6", "re") RDELTA("7", "!")
+            REV("response.output_text.done", ",\"text\":\"Hi there!\"") REV(
+                "response.completed",
+                ",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\","
+                "\"model\":\"gpt-4.1-2025\",\"output\":[{\"type\":\"message\",\"content\":["
+                "{\"type\":\"output_text\",\"text\":\"Hi there!\"}]}],\"usage\":{\"input_tokens\":"
+                "12,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":4,"
+                "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":16}}");
+    int same;
+    result_t r = run_all_splits(SSE, body, &same);
+    CHECK(same);
+    CHECK(content_is(&r, "Hi there!")); /* the deltas once, not the done events' repeats */
+    CHECK(r.model && strcmp(r.model, "gpt-4.1-2025") == 0);
+    CHECK(usage_is(&r, 12, 4, 16));
+    CHECK(r.details == (EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING) && r.u[3] == 0);
+    result_free(&r);
+    /* The deltas take the fast path. */
+    fast_case("responses deltas",
+              RDELTA("1", "a") RDELTA("2", "b") RDELTA("3", "c") RDELTA("14", "d\\n"), "abcd\n", 3);
+    /* Another type's delta is not text. */
+    r = run1(SSE, "data: {\"type\":\"response.refusal.delta\",\"delta\":\"no\"}\n\n"
+                  "data: {\"delta\":\"x\",\"type\":\"response.output_text.delta\"}\n\n");
+    CHECK(content_is(&r, "x"));
+    result_free(&r);
+}
+
+static void test_usage_details(void) {
+    /* Chat Completions names, in the usage-only chunk; and all-zero details are reported. */
+    static const char body[] = CHUNK(
+        "{\"content\":\"a\"}") "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,"
+                               "\"completion_tokens\":300,\"total_tokens\":320,\"prompt_tokens_"
+                               "details\":"
+                               "{\"cached_tokens\":16,\"audio_tokens\":0},\"completion_tokens_"
+                               "details\":"
+                               "{\"reasoning_tokens\":256,\"audio_tokens\":0}}}\n\n"
+                               "data: [DONE]\n\n";
+    int same;
+    result_t r = run_all_splits(SSE, body, &same);
+    CHECK(same && usage_is(&r, 20, 300, 320) && r.u[3] == 16 && r.u[4] == 256);
+    CHECK(r.details == (EXTRACT_HAS_CACHED | EXTRACT_HAS_REASONING));
+    result_free(&r);
+    /* Embeddings: prompt and total only. */
+    r = run1(JSON, "{\"object\":\"list\",\"data\":[],\"model\":\"text-embedding-3-small\","
+                   "\"usage\":{\"prompt_tokens\":8,\"total_tokens\":8}}");
+    CHECK(usage_is(&r, 8, 0, 8) && r.details == 0);
+    CHECK(r.model && strcmp(r.model, "text-embedding-3-small") == 0);
+    result_free(&r);
+    /* A completion count of the wrong type spoils the usage; a detail of the wrong type is
+     * just not reported. */
+    r = run1(JSON,
+             "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":\"2\",\"total_tokens\":3}}");
+    CHECK(!r.has_usage);
+    result_free(&r);
+    r = run1(JSON, "{\"usage\":{\"prompt_tokens\":1,\"total_tokens\":3,\"prompt_tokens_details\":"
+                   "{\"cached_tokens\":null}}}");
+    CHECK(usage_is(&r, 1, 0, 3) && r.details == 0);
+    result_free(&r);
+    /* Continuous usage with details on every chunk: the fast path keeps up with the counts. */
+#define DCHUNK(c, k)                                                                               \
+    "data: {\"choices\":[{\"delta\":{\"content\":\"" c "\"}}],\"usage\":{\"prompt_tokens\":5,"     \
+    "\"completion_tokens\":1,\"total_tokens\":6,\"prompt_tokens_details\":{\"cached_tokens\":" k   \
+    "}}}\n\n"
+    fast_case("details", DCHUNK("a", "1") DCHUNK("b", "2") DCHUNK("c", "3"), "abc", 2);
+    r = run1(SSE, DCHUNK("a", "1") DCHUNK("b", "2") DCHUNK("c", "3"));
+    CHECK(r.details == EXTRACT_HAS_CACHED && r.u[3] == 3);
+    result_free(&r);
+#undef DCHUNK
+}
+
+/* The event ends a by-events forwarder cuts at, with the usage-only chunk marked. */
+typedef struct {
+    size_t base; /* offset of the current feed in the stream */
+    size_t ends[16];
+    int usage_only[16];
+    int n;
+} cuts_t;
+
+static void on_cut(void *ud, size_t end, int usage_only) {
+    cuts_t *c = ud;
+    if (c->n < 16) {
+        c->ends[c->n] = c->base + end;
+        c->usage_only[c->n] = usage_only;
+    }
+    c->n++;
+}
+
+static void test_event_ends(void) {
+    static const char body[] =
+        ": keep-alive\n\n" CHUNK("{\"content\":\"a\"}") "data: "
+                                                        "{\"choices\":[],\"usage\":{\"prompt_"
+                                                        "tokens\":1,\"completion_tokens\":1,"
+                                                        "\"total_tokens\":2}}\r\n\r\n"
+                                                        "data: {\"choices\":[],\"usage\":null}\n\n"
+                                                        "data: [DONE]\n\n";
+    size_t len = strlen(body);
+    const char *e1 = strstr(body, "\n\n") + 2;
+    const char *e2 = strstr(e1, "\n\n") + 2;
+    const char *e3 = strstr(e2, "\r\n\r\n") + 4;
+    const char *e4 = strstr(e3, "\n\n") + 2;
+    size_t want[5] = {(size_t)(e1 - body), (size_t)(e2 - body), (size_t)(e3 - body),
+                      (size_t)(e4 - body), len};
+    int want_usage[5] = {0, EXTRACT_EVENT_USAGE_NULL, EXTRACT_EVENT_USAGE_ONLY,
+                         EXTRACT_EVENT_USAGE_NULL, 0};
+    /* A CRLF cut between its CR and LF ends the event at the CR: the LF goes with the next
+     * bytes (a stray line end, which SSE ignores). */
+    size_t crlf_cut = want[2] - 1;
+    for (size_t step = 1; step <= len; step++) {
+        extract_t *x = extract_new(SSE, strlen(SSE));
+        cuts_t c = {0};
+        extract_set_cut_cb(x, on_cut, &c);
+        int done_before_end = 0;
+        for (size_t at = 0; at < len; at += step) {
+            c.base = at;
+            size_t n = len - at < step ? len - at : step;
+            int want_b = at == 0 || at == want[0] || at == want[1] || at == want[2] ||
+                         at == want[3] || at == crlf_cut;
+            if (extract_at_event_boundary(x) != want_b)
+                fprintf(stderr, "  step %zu: boundary at %zu: %d\n", step, at, !want_b);
+            CHECK(extract_at_event_boundary(x) == want_b);
+            extract_feed(x, body + at, n);
+            if (at + n < len && extract_saw_done(x)) done_before_end = 1;
+        }
+        CHECK(extract_at_event_boundary(x));
+        CHECK(extract_saw_done(x) && !done_before_end);
+        CHECK(c.n == 5);
+        for (int i = 0; i < 5 && i < c.n; i++) {
+            if (i == 2 && c.ends[i] == crlf_cut && crlf_cut % step == 0) c.ends[i]++;
+            if (c.ends[i] != want[i] || c.usage_only[i] != want_usage[i])
+                fprintf(stderr, "  step %zu: end %d at %zu usage %d (want %zu %d)\n", step, i,
+                        c.ends[i], c.usage_only[i], want[i], want_usage[i]);
+            CHECK(c.ends[i] == want[i] && c.usage_only[i] == want_usage[i]);
+        }
+        extract_free(x);
+    }
+}
+
+/* Issue 11: a body whose only fault is invalid UTF-8 keeps its text (U+FFFD for each bad
+ * sequence, maximal subparts) and its tokens. */
+static void test_invalid_utf8(void) {
+    static const char body[] = "{\"model\":\"m\",\"choices\":[{\"message\":{\"content\":"
+                               "\"caf\xC3 ok \xE2\x82 \xF0\x9F\x98\x80 \xFF\xC0\xAF end\"}}],"
+                               "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6,"
+                               "\"total_tokens\":10}}";
+    result_t r = run1(JSON, body);
+    CHECK(content_is(&r, "caf\xEF\xBF\xBD ok \xEF\xBF\xBD \xF0\x9F\x98\x80 "
+                         "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD end"));
+    CHECK(usage_is(&r, 4, 6, 10));
+    CHECK(r.model && strcmp(r.model, "m") == 0);
+    result_free(&r);
+    /* Still malformed JSON after the repair: nothing. */
+    r = run1(JSON, "{\"choices\":[{\"message\":{\"content\":\"\xC3\"}}]");
+    CHECK(!r.content && !r.has_usage);
+    result_free(&r);
+}
+
 int main(void) {
+    test_responses_json();
+    test_responses_stream();
+    test_usage_details();
+    test_event_ends();
+    test_invalid_utf8();
     test_stream();
     test_stream_line_ends();
     test_stream_skips();

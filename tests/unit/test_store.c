@@ -96,7 +96,7 @@ static void test_schema(void) {
                           sizeof text),
                  "id,created_at,ip,body,response,elapsed_time,model,status,upstream_id,"
                  "upstream_endpoint,prompt_tokens,completion_tokens,total_tokens,response_time,"
-                 "user_agent,error") == 0);
+                 "user_agent,error,cached_tokens,reasoning_tokens") == 0);
     CHECK(strcmp(raw_text(path, "PRAGMA journal_mode", text, sizeof text), "wal") == 0);
 
     char *err = NULL;
@@ -417,7 +417,7 @@ static void test_migration(void) {
     CHECK(s != NULL);
     CHECK(strcmp(raw_text(path, "SELECT count(*) FROM pragma_table_info('records')", text,
                           sizeof text),
-                 "16") == 0);
+                 "18") == 0);
     store_upstream_list_t l;
     CHECK(store_list_upstreams(s, &l) == STORE_OK && l.n == 2);
     if (l.n == 2) {
@@ -454,7 +454,7 @@ static void test_migration(void) {
     store_close(s);
     CHECK(strcmp(raw_text(path, "SELECT count(*) FROM pragma_table_info('records')", text,
                           sizeof text),
-                 "16") == 0);
+                 "18") == 0);
 }
 
 /* ---- the writer: folding, the bound, no flip-back ---- */
