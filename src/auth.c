@@ -89,16 +89,48 @@ const char *auth_bearer_token(const char *header, size_t len, size_t *token_len)
     return s;
 }
 
-int auth_check_bearer(const auth_tokens_t *t, const char *header, size_t len) {
-    size_t n = 0;
-    const char *token = auth_bearer_token(header, len, &n);
-    if (!token) return AUTH_NOT_BEARER;
+static int check_token(const auth_tokens_t *t, const char *token, size_t n) {
     /* Every entry is compared even after a match, so the time taken does not tell which one
      * (or whether an early one) matched. */
     int ok = 0;
     for (size_t i = 0; t && i < t->n; i++)
         ok |= n > 0 && util_secure_equal(token, n, t->items[i].text, t->items[i].len);
     return ok ? AUTH_OK : AUTH_WRONG;
+}
+
+int auth_check_bearer(const auth_tokens_t *t, const char *header, size_t len) {
+    size_t n = 0;
+    const char *token = auth_bearer_token(header, len, &n);
+    if (!token) return AUTH_NOT_BEARER;
+    return check_token(t, token, n);
+}
+
+const char *auth_ws_protocol_token(const char *value, size_t len, size_t *token_len,
+                                   size_t *entry_start, size_t *entry_len) {
+    static const char prefix[] = AUTH_WS_PROTOCOL_PREFIX;
+    const size_t plen = sizeof prefix - 1;
+    for (size_t i = 0; value && i < len;) {
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        const char *e = value + start;
+        size_t n = i - start;
+        trim(&e, &n);
+        if (n > plen && memcmp(e, prefix, plen) == 0) {
+            *token_len = n - plen;
+            if (entry_start) *entry_start = (size_t)(e - value);
+            if (entry_len) *entry_len = n;
+            return e + plen;
+        }
+        i++; /* past the comma */
+    }
+    return NULL;
+}
+
+int auth_check_ws_protocol(const auth_tokens_t *t, const char *value, size_t len) {
+    size_t n = 0;
+    const char *token = auth_ws_protocol_token(value, len, &n, NULL, NULL);
+    return token ? check_token(t, token, n) : AUTH_NOT_BEARER;
 }
 
 const char *auth_refusal_message(int verdict) {

@@ -143,8 +143,9 @@ static void histogram_observe(uint64_t *v, const bucket_set_t *b, double x) {
 /* ---------------------------------------------------------------- labels */
 
 /* Outcomes of upstream attempts. */
-static const char *const OUTCOMES[] = {"success", "client_error", "aborted", "status", "timeout",
-                                       "connect", "tls",          "dns",     "other"};
+static const char *const OUTCOMES[] = {"success", "client_error", "aborted", "status",
+                                       "timeout", "connect",      "tls",     "dns",
+                                       "closed",  "protocol",     "other"};
 #define N_OUTCOMES    (sizeof(OUTCOMES) / sizeof(OUTCOMES[0]))
 #define OUTCOME_OTHER (N_OUTCOMES - 1)
 
@@ -620,7 +621,8 @@ int metrics_render(const metrics_t *m, buf_t *out) {
                            NULL, describe_request);
     rc |= append_family(out, m, &t[F_ATTEMPTS], "openai_route_upstream_attempts_total", "counter",
                         "Upstream attempts by upstream and outcome (success, client_error, "
-                        "aborted, or the failure: status, timeout, connect, tls, dns).",
+                        "aborted, or the failure: status, timeout, connect, tls, dns, closed, "
+                        "protocol).",
                         NULL, describe_attempt);
     rc |= append_header(out, "openai_route_request_duration_seconds", "histogram",
                         "Time from the request to the end of its response.");

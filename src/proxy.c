@@ -19,6 +19,7 @@
 
 #include "route/access_log.h"
 #include "route/body_edit.h"
+#include "route/auth.h"
 #include "route/config.h"
 #include "route/extract.h"
 #include "route/hooks.h"
@@ -49,6 +50,7 @@ typedef struct proxy_req {
     tunnel_t *tunnel; /* after the 101 */
     uint64_t idle_ms; /* of the current attempt */
     const char *tunnel_summary;
+    uint64_t tunnel_bytes_to_client; /* the access log's bytes_sent for a WebSocket session */
     int sse; /* relaying a text/event-stream response (the active_streams gauge) */
 
     /* The body sent upstream: the client's, or a copy that asks for the usage chunk. */
@@ -134,9 +136,8 @@ static void append_canonical_name(buf_t *out, const char *name, size_t len) {
 }
 
 static int should_fail_over(const proxy_req_t *p, int status) {
-    /* A WebSocket handshake the upstream answered is the client's to see, whatever it says:
-     * no failover once the upstream answered (SPEC, Proxy step 3). */
-    if (p->upgrade) return 0;
+    /* A WebSocket handshake answered 429 or 5xx fails over as any request does: nothing went
+     * to the client yet (SPEC, Proxy step 5); "no failover" starts with the 101. */
     if (status == 429 || status >= 500) return 1;
     /* With sk "asis" a 401/403 is about the client's own key: theirs to see. */
     return (status == 401 || status == 403) && !p->asis;
@@ -402,10 +403,12 @@ static void on_up_error(void *ud, int kind, const char *message) {
     a->error = arena_strdup(http_request_arena(p->http), message);
     if (p->ctx->metrics)
         metrics_observe_upstream_failure(p->ctx->metrics, a->upstream_id, a->endpoint,
-                                         kind == UPSTREAM_ERR_TIMEOUT ? "timeout"
-                                         : kind == UPSTREAM_ERR_TLS   ? "tls"
-                                         : kind == UPSTREAM_ERR_DNS   ? "dns"
-                                                                      : "connect");
+                                         kind == UPSTREAM_ERR_TIMEOUT    ? "timeout"
+                                         : kind == UPSTREAM_ERR_TLS      ? "tls"
+                                         : kind == UPSTREAM_ERR_DNS      ? "dns"
+                                         : kind == UPSTREAM_ERR_CLOSED   ? "closed"
+                                         : kind == UPSTREAM_ERR_PROTOCOL ? "protocol"
+                                                                         : "connect");
     if (!p->sent_head) {
         try_next_candidate(p);
         return;
@@ -448,13 +451,40 @@ static void append_websocket_header(buf_t *b, const route_header_t *h) {
     append3(b, ": ", h->value, h->value_len, "\r\n");
 }
 
+/* A browser's token rides in the subprotocol list (auth.h): with a key the proxy holds it
+ * is the client's credential, not the upstream's, so it is taken out (the upstream gets
+ * Authorization: Bearer <sk>); the other subprotocols go as they came. */
+static void append_protocols_without_token(buf_t *b, const route_header_t *h) {
+    size_t tlen, at, elen;
+    const char *v = h->value;
+    if (!auth_ws_protocol_token(v, h->value_len, &tlen, &at, &elen)) {
+        append_websocket_header(b, h);
+        return;
+    }
+    size_t before = at, after = at + elen;
+    while (before > 0 && (v[before - 1] == ' ' || v[before - 1] == '\t'))
+        before--;
+    if (before > 0 && v[before - 1] == ',') before--; /* the comma ahead of it goes too */
+    else if (after < h->value_len && v[after] == ',') after++;
+    while (before == 0 && after < h->value_len && (v[after] == ' ' || v[after] == '\t'))
+        after++;
+    if (before == 0 && after >= h->value_len) return; /* the token was the only entry */
+    buf_appends(b, "Sec-WebSocket-Protocol: ");
+    buf_append(b, v, before);
+    buf_append(b, v + after, h->value_len - after);
+    buf_appends(b, "\r\n");
+}
+
 static void append_upgrade_headers(const proxy_req_t *p, buf_t *b) {
     buf_appends(b, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
     size_t n = http_request_header_count(p->http);
     for (size_t i = 0; i < n; i++) {
         const route_header_t *v = http_request_header_at(p->http, i);
         if (!v->name || !is_websocket_header(v)) continue;
-        append_websocket_header(b, v);
+        if (!p->asis && name_is(v, "sec-websocket-protocol", 22))
+            append_protocols_without_token(b, v);
+        else
+            append_websocket_header(b, v);
     }
 }
 
@@ -463,6 +493,7 @@ static void on_tunnel_done(void *ud, const tunnel_stats_t *st);
 /* The record's response column holds the session in a line (no new column: the Go
  * program's readers of the table and of /admin/request_records see it as it is). */
 static void tunnel_summarize(proxy_req_t *p, const tunnel_stats_t *st) {
+    p->tunnel_bytes_to_client = st->bytes_from[1];
     p->tunnel_summary = arena_printf(
         http_request_arena(p->http),
         "websocket: %llu bytes to upstream, %llu bytes to client (frames not parsed); %s",
@@ -762,7 +793,8 @@ static void proxy_finish(proxy_req_t *p, int record) {
     res.attempts = p->attempts;
     res.n_attempts = p->n_attempts;
     res.sse = p->sse;
-    res.bytes_sent = http_response_bytes_sent(http);
+    /* A tunnel's bytes bypass the HTTP response: its own count says what the client got. */
+    res.bytes_sent = http_response_bytes_sent(http) + p->tunnel_bytes_to_client;
     if (p->sent_head && p->n_attempts) {
         res.upstream_id = p->attempts[p->n_attempts - 1].upstream_id;
         res.upstream_endpoint = p->attempts[p->n_attempts - 1].endpoint;

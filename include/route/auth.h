@@ -25,6 +25,15 @@ enum { AUTH_OK = 0, AUTH_NOT_BEARER = 1, AUTH_WRONG = 2 };
 int auth_check_bearer(const auth_tokens_t *t, const char *header, size_t len);
 /* The client-facing message for a refusal ("wrong authorization header", ...). */
 const char *auth_refusal_message(int verdict);
+/* Browsers cannot set Authorization on a WebSocket: OpenAI's browser convention carries the
+ * key as a subprotocol, Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.<key>.
+ * The token of that entry (trimmed), with where the whole entry sits in value; NULL when the
+ * list has none. */
+#define AUTH_WS_PROTOCOL_PREFIX "openai-insecure-api-key."
+const char *auth_ws_protocol_token(const char *value, size_t len, size_t *token_len,
+                                   size_t *entry_start, size_t *entry_len);
+/* AUTH_OK or AUTH_WRONG for that entry's token; AUTH_NOT_BEARER when there is none. */
+int auth_check_ws_protocol(const auth_tokens_t *t, const char *value, size_t len);
 /* The token part of a Bearer header after trimming (for redaction); NULL when not Bearer. */
 const char *auth_bearer_token(const char *header, size_t len, size_t *token_len);
 

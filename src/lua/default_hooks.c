@@ -90,11 +90,19 @@ static int check_bearer(lua_api_host_t *host, const char *header, size_t len) {
     return auth_check_bearer(config_current(host->ctx)->tokens, header, len);
 }
 
+/* A WebSocket handshake without Authorization (a browser's): the token in its subprotocol
+ * list, by OpenAI's browser convention; refused as "not Bearer" when it has none. */
+static int check_ws_protocol(lua_api_host_t *host, const char *value, size_t len) {
+    return auth_check_ws_protocol(config_current(host->ctx)->tokens, value, len);
+}
+
 int default_authorize(lua_api_host_t *host, route_req_t *req, int *status, const char **message) {
     if (noauth(host)) return 1;
     const route_header_t *hd = http_request_header(req->http, "authorization");
-    int verdict = hd ? check_bearer(host, hd->value ? hd->value : "", hd->value_len)
-                     : check_bearer(host, NULL, 0);
+    const route_header_t *ws = hd ? NULL : http_request_header(req->http, "sec-websocket-protocol");
+    int verdict = hd   ? check_bearer(host, hd->value ? hd->value : "", hd->value_len)
+                  : ws ? check_ws_protocol(host, ws->value ? ws->value : "", ws->value_len)
+                       : check_bearer(host, NULL, 0);
     if (verdict == AUTH_OK) return 1;
     *status = 403;
     *message = auth_refusal_message(verdict);
@@ -119,6 +127,13 @@ static int l_authorize(lua_State *L) {
         header = lua_tolstring(L, -1, &len);
     }
     int verdict = check_bearer(host, header, len);
+    if (!header) {
+        lua_getfield(L, -2, "sec-websocket-protocol");
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *v = lua_tolstring(L, -1, &len);
+            verdict = check_ws_protocol(host, v, len);
+        }
+    }
     if (verdict == AUTH_OK) {
         lua_pushboolean(L, 1);
         return 1;

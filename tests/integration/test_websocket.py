@@ -171,6 +171,12 @@ class WsMock:
                 hdrs[k.strip().lower()] = v.strip()
             self.handshakes.append({"line": lines[0], "headers": hdrs})
             self.events.put(("handshake", lines[0]))
+            if self.mode == "busy":
+                body = b'{"error": {"message": "overloaded", "type": "server_error"}}'
+                s.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                s.close()
+                return
             if self.mode == "reject":
                 body = json.dumps({"error": {"message": "model not allowed here",
                                              "type": "invalid_request_error"}}).encode()
@@ -551,3 +557,81 @@ def test_shutdown_closes_an_open_tunnel(proxy_factory, ws_mocks):
     rows = routetest.db_query(p.db_path, "SELECT status, response FROM records")
     assert [r["status"] for r in rows] == [101], rows
     assert "6 bytes to upstream" in rows[0]["response"], rows
+
+
+BY_ID = """\
+return {
+  pick_upstream = function(req, ups)
+    table.sort(ups, function(a, b) return a.id < b.id end)
+    return ups
+  end,
+}
+"""
+
+
+def test_a_handshake_answered_503_fails_over(proxy_factory, ws_mocks, tmp_path):
+    # Nothing went to the client before the 101: a 503 (or 429) fails over like any request
+    # and counts as that upstream's failure; the next upstream's 101 opens the session.
+    busy, good = ws_mocks(mode="busy"), ws_mocks()
+    scripts = tmp_path / "ordered"
+    scripts.mkdir()
+    (scripts / "route.lua").write_text(BY_ID)
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, busy.endpoint()), (UPSTREAM_SK + "2", good.endpoint())],
+                      scripts_dir=scripts)
+    s, after = raw_handshake(p)
+    try:
+        while b"hello from upstream" not in after:
+            got = s.recv(4096)
+            assert got, after
+            after += got
+    finally:
+        s.close()
+    assert len(busy.handshakes) == 1 and len(good.handshakes) == 1
+    rec = wait_ws_record(p)
+    assert rec["UpstreamID"] == 2 and rec["Status"] == 101, rec
+    routetest.wait_until(lambda: counters(p)[0][1] == 1, message="the busy upstream's failure")
+
+
+def browser_handshake(p, protocols):
+    """A handshake as a browser makes it: no Authorization (the WebSocket API cannot set it),
+    the token as a subprotocol (OpenAI's browser convention). Returns the response head."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=IO_TIMEOUT)
+    try:
+        s.sendall(("GET /v1/realtime?model=x HTTP/1.1\r\nHost: x\r\nOrigin: http://app.test\r\n"
+                   "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: %s\r\n\r\n"
+                   % (key, protocols)).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            got = s.recv(4096)
+            if not got:
+                break
+            head += got
+        return head
+    finally:
+        s.close()
+
+
+def test_browser_token_in_the_subprotocol_list(proxy_factory, ws_mocks):
+    mock = ws_mocks()
+    p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+    head = browser_handshake(p, "realtime, openai-insecure-api-key.%s, openai-beta.realtime-v1"
+                             % p.token)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"Sec-WebSocket-Protocol: realtime\r\n" in head, head
+    hs = mock.handshakes[-1]["headers"]
+    # The upstream gets the proxy's key; the client's token left the subprotocol list.
+    assert hs["authorization"] == "Bearer " + UPSTREAM_SK, hs
+    assert hs["sec-websocket-protocol"] == "realtime, openai-beta.realtime-v1", hs
+    assert p.token not in json.dumps(mock.handshakes)
+    # A wrong token there is refused before any upgrade, as a wrong Bearer is.
+    n = len(mock.handshakes)
+    head = browser_handshake(p, "realtime, openai-insecure-api-key.nope")
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert b"wrong authorization header" in head, head
+    assert len(mock.handshakes) == n
+    # The token as the only entry: the upstream gets no Sec-WebSocket-Protocol at all.
+    head = browser_handshake(p, "openai-insecure-api-key." + p.token)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert "sec-websocket-protocol" not in mock.handshakes[-1]["headers"], mock.handshakes[-1]
