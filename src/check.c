@@ -27,6 +27,7 @@
 #include "route/config.h"
 #include "route/ctx.h"
 #include "route/hooks.h"
+#include "route/lua_api.h"
 #include "route/store.h"
 #include "route/tls.h"
 #include "route/upstream.h"
@@ -153,6 +154,13 @@ static void check_scripts(check_t *c, const route_options_t *opts, store_t *stor
         snprintf(script, cap, "the embedded route.lua (no %s/route.lua)",
                  opts->scripts ? opts->scripts : ".");
     if (!h) problem(c, "scripts: %s", err ? err : "out of memory");
+    /* The policy names the default pick_upstream's choice; with a script's own pick_upstream
+     * it means whatever the script makes of it. */
+    const char *policy = store ? store_loop_config(store, "policy") : NULL;
+    if (h && hooks_pick_is_default(h) && !default_policy_known(policy))
+        problem(c, "%s: config_kvs: policy: unknown load balance policy '%s' (every request "
+                   "would get a 500)",
+                c->database, policy);
     free(err);
     hooks_free(h);
     /* What a script started at load (a route.http_post) ends by itself, within its timeout:

@@ -72,6 +72,8 @@ void hooks_free(hooks_t *h);
 int hooks_reload(hooks_t *h, char **err);
 struct script_snapshot;
 int hooks_reload_snapshot(hooks_t *h, struct script_snapshot *snap, char **err);
+/* Whether new requests get the default pick_upstream (the C one, which serves `policy`). */
+int hooks_pick_is_default(const hooks_t *h);
 /* The files the running hooks were loaded from (fingerprints for GET /admin/scripts). */
 const struct script_snapshot *hooks_loaded_snapshot(const hooks_t *h);
 

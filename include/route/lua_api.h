@@ -98,6 +98,8 @@ typedef struct default_upstream {
  * round_robin by oldest last success, never-used first, then id; random a shuffle; the
  * _available forms first drop upstreams with failures. rng is the caller's PRNG state.
  * Returns 0, or -1 with the message of route.lua's pick_upstream in err. */
+/* Whether the default pick_upstream knows this policy name (NULL or "" is "main"). */
+int default_policy_known(const char *policy);
 int default_policy_order(const char *policy, default_upstream_t *v, size_t n, uint64_t rng[4],
                          size_t *out_n, char *err, size_t err_cap);
 

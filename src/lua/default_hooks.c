@@ -207,6 +207,13 @@ static void sort_upstreams(default_upstream_t *v, size_t n,
     }
 }
 
+int default_policy_known(const char *policy) {
+    const char *name = policy && *policy ? policy : "main";
+    for (size_t i = 0; i < sizeof policy_names / sizeof policy_names[0]; i++)
+        if (strcmp(name, policy_names[i]) == 0) return 1;
+    return 0;
+}
+
 int default_policy_order(const char *policy, default_upstream_t *v, size_t n, uint64_t rng[4],
                          size_t *out_n, char *err, size_t err_cap) {
     const char *name = policy && *policy ? policy : "main";

@@ -372,6 +372,10 @@ int hooks_reload_snapshot(hooks_t *h, script_snapshot_t *snap, char **err) {
     return 0;
 }
 
+int hooks_pick_is_default(const hooks_t *h) {
+    return h && h->current && (h->current->c_default & HOOK_PICK_UPSTREAM);
+}
+
 const struct script_snapshot *hooks_loaded_snapshot(const hooks_t *h) {
     return h ? h->snap : NULL;
 }

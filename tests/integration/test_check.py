@@ -220,3 +220,14 @@ def test_check_by_a_user_who_cannot_write_the_database(binary, tmp_path):
     finally:
         os.chmod(home, 0o755)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_unknown_policy_is_a_problem_only_for_the_default_pick(binary, tmp_path):
+    seed(binary, tmp_path, "policy=fastest_first")
+    r = run(binary, tmp_path, "-check")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "policy: unknown load balance policy 'fastest_first'" in r.stderr, r.stderr
+    # A script with its own pick_upstream decides what the policy means.
+    write_script(tmp_path, "return { pick_upstream = function(req, ups) return ups[1] end }\n")
+    r = run(binary, tmp_path, "-check")
+    assert r.returncode == 0, r.stderr
