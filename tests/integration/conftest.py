@@ -141,3 +141,25 @@ def proxy_factory(tmp_path, binary):
 @pytest.fixture
 def proxy(proxy_factory, mock):
     return proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
+
+
+SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
+
+
+@pytest.fixture(scope="session")
+def sdk_dir():
+    """tests/sdk with its pinned npm packages (the openai SDK, ws) installed from the lockfile.
+    A lock file keeps two test processes (ctest -j) from running npm ci in it at once: npm ci
+    removes node_modules first."""
+    import fcntl
+    import shutil
+    import subprocess
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
+    with open(SDK_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((SDK_DIR / "node_modules" / pkg).is_dir() for pkg in ("openai", "ws")):
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
+                           timeout=300, stdout=subprocess.DEVNULL)
+    return SDK_DIR

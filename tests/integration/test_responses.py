@@ -6,9 +6,7 @@ official Node SDK's responses.create and responses.stream work through the proxy
 
 import json
 import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,6 @@ from conftest import UPSTREAM_SK
 from mock_upstream import Json, ResponsesJson, ResponsesStream
 
 RESPONSES = "/v1/responses"
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 
 
 def test_responses_json_recorded(proxy, mock):
@@ -69,17 +66,6 @@ def test_embeddings_usage_recorded(proxy, mock):
     rec = proxy.wait_for_records(1)[-1]
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["total_tokens"]) == (8, 0, 8)
     assert rec["model"] == "text-embedding-3-small"
-
-
-@pytest.fixture(scope="module")
-def sdk_dir():
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
-    if not (SDK_DIR / "node_modules" / "openai").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
-                       timeout=300, stdout=subprocess.DEVNULL)
-    return SDK_DIR
 
 
 @pytest.mark.deadline(120)

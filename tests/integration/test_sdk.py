@@ -4,9 +4,7 @@ recorded with the right content and token counts."""
 
 import json
 import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +12,6 @@ import routetest
 from conftest import UPSTREAM_SK
 from mock_upstream import ChatCompletion, ChatStream, Hang, Status
 
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
-
-
-@pytest.fixture(scope="module")
-def sdk_dir():
-    node = shutil.which("node")
-    npm = shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
-    if not all((SDK_DIR / "node_modules" / pkg).is_dir() for pkg in ("openai", "ws")):
-        # npm ci installs exactly the lockfile's versions.
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
-                       timeout=300, stdout=subprocess.DEVNULL)
-    return SDK_DIR
 
 
 @pytest.mark.deadline(120)

@@ -10,11 +10,10 @@ import subprocess
 import pytest
 
 import routetest
-from test_sdk import sdk_dir  # noqa: F401  (the fixture: npm ci of tests/sdk when needed)
 
 
 @pytest.mark.deadline(240)
-def test_node_fetch_and_sdk_files_create_read_the_413(sdk_dir, proxy, mock):  # noqa: F811
+def test_node_fetch_and_sdk_files_create_read_the_413(sdk_dir, proxy, mock):
     env = dict(os.environ, ROUTE_BASE_URL=proxy.url + "/v1", ROUTE_TOKEN=routetest.TOKEN)
     out = subprocess.run(["node", "upload.mjs"], cwd=sdk_dir, env=env, capture_output=True,
                          text=True, timeout=200)

@@ -10,11 +10,9 @@ whose only fault is invalid UTF-8 keeps its text (U+FFFD) and its tokens."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,6 @@ from mock_upstream import ChatStream, Json, Raw, Sse, chat_chunk
 from routetest import FramingError, wait_until
 
 CHAT = "/v1/chat/completions"
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 STREAM = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": True}
 ASKED = dict(STREAM, stream_options={"include_usage": True})
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -170,17 +167,6 @@ def test_invalid_utf8_json_keeps_text_and_tokens(proxy, mock):
         "utf-8", "replace")
     assert "\ufffd" in rec["response"] and "\U0001F600" in rec["response"]
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["total_tokens"]) == (4, 6, 10)
-
-
-@pytest.fixture(scope="module")
-def sdk_dir():
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
-    if not (SDK_DIR / "node_modules" / "openai").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
-                       timeout=300, stdout=subprocess.DEVNULL)
-    return SDK_DIR
 
 
 @pytest.mark.deadline(120)

@@ -9,10 +9,8 @@ upstream."""
 
 import json
 import os
-import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +19,6 @@ from conftest import UPSTREAM_SK
 from mock_upstream import ChatStream, Echo, Sse, chat_chunk
 
 CHAT = "/v1/chat/completions"
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 FLAG = b',"stream_options":{"include_usage":true}'
 
 # An SDK-like body: its own spacing, a unicode escape, a nested "stream_options" in a string.
@@ -169,17 +166,6 @@ def test_cached_and_reasoning_tokens_recorded(proxy, mock):
     admin = proxy.request("GET", "/admin/request_records").json()[0]
     assert (admin["CachedTokens"], admin["ReasoningTokens"]) == (16, 256)
     assert admin["PromptTokens"] == 20
-
-
-@pytest.fixture(scope="module")
-def sdk_dir():
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed (third_party/bootstrap.sh installs them)")
-    if not (SDK_DIR / "node_modules" / "openai").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
-                       timeout=300, stdout=subprocess.DEVNULL)
-    return SDK_DIR
 
 
 def strip_volatile(obj):

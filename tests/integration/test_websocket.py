@@ -22,7 +22,6 @@ import pytest
 
 import routetest
 from conftest import UPSTREAM_SK
-from test_sdk import sdk_dir  # noqa: F401  (the fixture: npm ci of tests/sdk when needed)
 from tls_util import make_pki
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -317,7 +316,7 @@ def counters(p):
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
-def test_frames_both_ways_and_the_upstreams_close(sdk_dir, proxy_factory, ws_mocks, scheme,  # noqa: F811
+def test_frames_both_ways_and_the_upstreams_close(sdk_dir, proxy_factory, ws_mocks, scheme,
                                                    request):
     cert = request.getfixturevalue("pki").localhost if scheme == "wss" else None
     args = ["-ca-file", request.getfixturevalue("pki").ca] if scheme == "wss" else []
@@ -371,7 +370,7 @@ def test_frames_both_ways_and_the_upstreams_close(sdk_dir, proxy_factory, ws_moc
 
 
 @pytest.mark.deadline(90)
-def test_wrong_token_gets_403_and_no_upgrade_reaches_the_upstream(sdk_dir, proxy_factory,  # noqa: F811
+def test_wrong_token_gets_403_and_no_upgrade_reaches_the_upstream(sdk_dir, proxy_factory,
                                                                    ws_mocks):
     mock = ws_mocks()
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
@@ -385,7 +384,7 @@ def test_wrong_token_gets_403_and_no_upgrade_reaches_the_upstream(sdk_dir, proxy
 
 
 @pytest.mark.deadline(90)
-def test_non_101_answer_reaches_the_client_as_it_came(sdk_dir, proxy_factory, ws_mocks):  # noqa: F811
+def test_non_101_answer_reaches_the_client_as_it_came(sdk_dir, proxy_factory, ws_mocks):
     mock = ws_mocks(mode="reject")
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
     got = run_client(sdk_dir, p, "rejected")
@@ -399,7 +398,7 @@ def test_non_101_answer_reaches_the_client_as_it_came(sdk_dir, proxy_factory, ws
 
 
 @pytest.mark.deadline(90)
-def test_client_closes_first_and_the_upstream_sees_it(sdk_dir, proxy_factory, ws_mocks):  # noqa: F811
+def test_client_closes_first_and_the_upstream_sees_it(sdk_dir, proxy_factory, ws_mocks):
     mock = ws_mocks()
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
     got = run_client(sdk_dir, p, "client-close")
@@ -411,7 +410,7 @@ def test_client_closes_first_and_the_upstream_sees_it(sdk_dir, proxy_factory, ws
 
 
 @pytest.mark.deadline(90)
-def test_a_silent_tunnel_is_closed_after_idle_timeout(sdk_dir, proxy_factory, ws_mocks):  # noqa: F811
+def test_a_silent_tunnel_is_closed_after_idle_timeout(sdk_dir, proxy_factory, ws_mocks):
     mock = ws_mocks(mode="silent")
     p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())], config={"idle_timeout": "1"})
     got = run_client(sdk_dir, p, "idle")
