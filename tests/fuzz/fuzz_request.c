@@ -12,7 +12,8 @@
  *     answered, no body after a HEAD), then at most one more: the answer the server gave a
  *     request it refused (4xx/5xx), or the start of one a stub or the client's close cut off;
  *     nothing follows a response that does not keep the connection alive, and no request is
- *     handed to a stub after such a response;
+ *     handed to a stub after such a response; each response has the CORS line once and one
+ *     framing header at most;
  *   - once the connection is gone every request was released (no active request left).
  *
  * Input: byte 0 is flags (bit 0: the client closes after the bytes; bit 1: a loop turn after
@@ -209,11 +210,35 @@ static void stub(http_request_t *req) {
 typedef struct wire_parse {
     size_t n_final; /* complete non-1xx responses but the router's preflight answers */
     int preflight, last_closed, after_close, bad;
+    char name[64]; /* the header name being read (longer ones are none of those counted) */
+    size_t name_len;
+    int allow_origin, content_length, transfer_encoding; /* per response */
 } wire_parse_t;
+
+static int w_header_field(llhttp_t *p, const char *at, size_t len) {
+    wire_parse_t *w = p->data;
+    for (size_t i = 0; i < len && w->name_len < sizeof w->name; i++)
+        w->name[w->name_len++] = (char)(at[i] >= 'A' && at[i] <= 'Z' ? at[i] + 32 : at[i]);
+    return 0;
+}
+
+static int w_header_value_complete(llhttp_t *p) {
+    wire_parse_t *w = p->data;
+#define NAME_IS(lit) (w->name_len == sizeof(lit) - 1 && memcmp(w->name, lit, w->name_len) == 0)
+    w->allow_origin += NAME_IS("access-control-allow-origin");
+    w->content_length += NAME_IS("content-length");
+    w->transfer_encoding += NAME_IS("transfer-encoding");
+#undef NAME_IS
+    w->name_len = 0;
+    return 0;
+}
 
 static int w_headers_complete(llhttp_t *p) {
     wire_parse_t *w = p->data;
     if (p->status_code >= 100 && p->status_code < 200) return 0;
+    /* One CORS policy line each, one framing header at most (none for a 204). */
+    if (w->allow_origin != 1 || w->content_length + w->transfer_encoding > 1) w->bad = 1;
+    if (p->status_code == 204 && w->content_length + w->transfer_encoding) w->bad = 1;
     /* The router answers OPTIONS itself, with an empty 200, which no stub sends. */
     w->preflight = p->status_code == 200 && (p->flags & F_CONTENT_LENGTH) && !p->content_length;
     if (w->preflight) return 0;
@@ -224,6 +249,8 @@ static int w_headers_complete(llhttp_t *p) {
 static int w_message_begin(llhttp_t *p) {
     wire_parse_t *w = p->data;
     if (w->last_closed) w->after_close = 1;
+    w->allow_origin = w->content_length = w->transfer_encoding = 0;
+    w->name_len = 0;
     return 0;
 }
 
@@ -246,6 +273,8 @@ static void check_wire(void) {
     llhttp_settings_t s;
     llhttp_settings_init(&s);
     s.on_message_begin = w_message_begin;
+    s.on_header_field = w_header_field;
+    s.on_header_value_complete = w_header_value_complete;
     s.on_headers_complete = w_headers_complete;
     s.on_message_complete = w_message_complete;
     llhttp_t p;
