@@ -368,6 +368,29 @@ static size_t expand_into(const uint8_t *in, size_t n, char *out) {
     return o;
 }
 
+/* A client socket connected to the server (not yet accepted), non-blocking. Ports running
+ * out (other processes' TIME_WAIT sockets on a shared machine) are waited out: no finding. */
+static int client_connect(void) {
+    for (int attempt = 0;; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) {
+            perror("fuzz_request: socket");
+            abort();
+        }
+        if (connect(fd, (struct sockaddr *)&F.addr, sizeof F.addr) == 0) {
+            fcntl(fd, F_SETFL, O_NONBLOCK);
+            return fd;
+        }
+        int e = errno;
+        close(fd);
+        if ((e != EADDRNOTAVAIL && e != EAGAIN && e != EINTR) || attempt > 200) {
+            fprintf(stderr, "fuzz_request: connect: %s\n", strerror(e));
+            abort();
+        }
+        usleep(10000);
+    }
+}
+
 static char *expand(const uint8_t *in, size_t n, size_t *out_len) {
     *out_len = expand_into(in, n, NULL);
     char *out = malloc(*out_len + 1);
@@ -385,9 +408,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     F.closed_seen = 0;
     F.wire.len = 0;
 
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&F.addr, sizeof F.addr) != 0) abort();
-    fcntl(fd, F_SETFL, O_NONBLOCK);
+    int fd = client_connect();
     server_t *srv = F.ctx.server;
     for (int i = 0; srv->n_conns == 0; i++) {
         if (i > 100000) abort();

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "route/extract.h"
 #include "upstream_internal.h"
@@ -55,8 +56,15 @@ static void peer_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
     *b = uv_buf_init(scratch, sizeof scratch);
 }
 
+/* The client closed (its FIN): a reset back ends its socket at once, where a FIN would leave
+ * it in TIME_WAIT, a port held for a minute per exchange (tens of thousands on a long run). */
 static void peer_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-    if (n < 0) uv_close((uv_handle_t *)s, on_peer_closed);
+    if (n >= 0) return;
+    uv_os_fd_t fd;
+    struct linger lg = {1, 0};
+    if (uv_fileno((uv_handle_t *)s, &fd) == 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    uv_close((uv_handle_t *)s, on_peer_closed);
 }
 
 static void on_peer(uv_stream_t *listener, int status) {
