@@ -852,3 +852,9 @@ int http1_server_feed_for_fuzz(server_t *srv, const char *data, ssize_t nread) {
     on_stream_read(c->stream, nread, data, NULL);
     return 0;
 }
+
+size_t http1_server_queued_for_fuzz(server_t *srv) {
+    server_conn_t *c = srv->conns;
+    if (!c || c->closing) return 0;
+    return stream_pending(c->stream) + (c->head_waiting ? c->head.len : 0);
+}

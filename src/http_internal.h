@@ -76,5 +76,7 @@ void http1_close_all(server_t *srv);
  * fuzzer chooses how the bytes are cut without writing them to a socket. 0, or -1 when no
  * connection is open or it is closing. */
 int http1_server_feed_for_fuzz(server_t *srv, const char *data, ssize_t nread);
+/* Bytes the newest connection has queued to its client and not yet written (0: none open). */
+size_t http1_server_queued_for_fuzz(server_t *srv);
 
 #endif

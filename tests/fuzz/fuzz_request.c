@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -317,12 +318,18 @@ static size_t drain(int fd, int *eof) {
     }
 }
 
-/* Loop turns until nothing moves: writes flushed, later answers given. */
+/* Loop turns until nothing moves: writes flushed, later answers given. Bytes still queued
+ * wait for the socket (a loaded machine may take a while to make it writable again). */
 static void settle(int fd, int *eof) {
     for (int quiet = 0; quiet < 2;) {
         size_t got = drain(fd, eof);
         uv_run(&F.loop, UV_RUN_NOWAIT);
-        quiet = got == 0 && F.async_pending == 0 ? quiet + 1 : 0;
+        size_t queued = http1_server_queued_for_fuzz(F.ctx.server);
+        if (!got && queued) {
+            struct pollfd pfd = {fd, POLLIN, 0};
+            poll(&pfd, 1, 10);
+        }
+        quiet = got == 0 && F.async_pending == 0 && queued == 0 ? quiet + 1 : 0;
     }
 }
 
