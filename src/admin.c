@@ -8,6 +8,8 @@
  * store_loop_* cache), touch a request's arena from a work thread, or log a key or a token. */
 #include "route/admin.h"
 
+#include "admin_internal.h"
+
 #include "route/auth.h"
 #include "route/config.h"
 
@@ -247,25 +249,49 @@ static int bind_upstream(json_t *obj, const char **sk, const char **endpoint, co
     return 0;
 }
 
+int admin_parse_upstream_body(const char *body, size_t len, admin_upstream_body_t *out, char *err,
+                              size_t err_cap) {
+    json_error_t jerr;
+    json_t *obj = json_loadb(body, len, 0, &jerr);
+    const char *bad = NULL;
+    out->sk = out->endpoint = NULL;
+    out->doc = NULL;
+    if (!obj || !json_is_object(obj)) {
+        if (obj)
+            snprintf(err, err_cap, "invalid JSON: expected an object with SK and Endpoint");
+        else
+            snprintf(err, err_cap, "invalid JSON: %s", jerr.text);
+        json_decref(obj);
+        return 400;
+    }
+    if (bind_upstream(obj, &out->sk, &out->endpoint, &bad) != 0) {
+        snprintf(err, err_cap, "invalid JSON: %s must be a string", bad);
+        json_decref(obj);
+        out->sk = out->endpoint = NULL;
+        return 400;
+    }
+    out->doc = obj;
+    return 0;
+}
+
+void admin_upstream_body_free(admin_upstream_body_t *b) {
+    json_decref(b->doc);
+    b->doc = NULL;
+    b->sk = b->endpoint = NULL;
+}
+
 static void job_write_upstream(admin_job_t *job) {
     size_t body_len = 0;
     const char *body = http_request_body(job->req, &body_len);
-    json_error_t jerr;
-    json_t *obj = json_loadb(body, body_len, 0, &jerr);
-    if (!obj || !json_is_object(obj)) {
-        if (obj)
-            job_fail(job, 400, "invalid JSON: expected an object with SK and Endpoint");
-        else
-            job_fail(job, 400, "invalid JSON: %s", jerr.text);
-        json_decref(obj);
+    admin_upstream_body_t parsed;
+    int status =
+        admin_parse_upstream_body(body, body_len, &parsed, job->error_msg, sizeof(job->error_msg));
+    if (status != 0) {
+        job->status = status;
         return;
     }
-    const char *sk, *endpoint, *bad = NULL;
-    if (bind_upstream(obj, &sk, &endpoint, &bad) != 0) {
-        job_fail(job, 400, "invalid JSON: %s must be a string", bad);
-        json_decref(obj);
-        return;
-    }
+    json_t *obj = parsed.doc;
+    const char *sk = parsed.sk, *endpoint = parsed.endpoint;
 
     int rc;
     if (job->kind == JOB_ADD_UPSTREAM) {
@@ -692,4 +718,22 @@ void metrics_handle(http_request_t *req) {
         http_response_write(req, b.data ? b.data : "", b.len, NULL);
     http_response_end(req);
     buf_free(&b);
+}
+
+/* ---------------------------------------------------------------- seams for the fuzz target */
+
+int admin_parse_records_query(const char *query, int *limit, int *offset, char *bad, size_t cap) {
+    records_query_t q;
+    bad[0] = '\0';
+    int rc = parse_records_query(query, &q, bad, cap);
+    *limit = q.limit;
+    *offset = q.offset;
+    return rc;
+}
+
+int admin_parse_upstream_id(const char *text, size_t len, long long *id) {
+    int64_t v;
+    if (parse_int(text, len, 1, INT64_MAX, &v) != 0) return -1;
+    *id = (long long)v;
+    return 0;
 }

@@ -254,7 +254,7 @@ static int on_headers_complete(llhttp_t *p) {
     }
     if (status >= 100 && status < 200 && status != 101) {
         r->informational = 1; /* 100 Continue and friends: wait for the real head */
-        return 0;
+        return 1;             /* a 1xx has no body, whatever Content-Length it names */
     }
     int64_t cl = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
     req_arm(r, PHASE_BODY);

@@ -800,6 +800,8 @@ static void conn_on_bytes(server_conn_t *c, const char *data, size_t len) {
         if (c->discarded > LINGER_MAX_BYTES) conn_close(c);
         return;
     }
+    /* Answered with a close: a request arriving now could never get its response. */
+    if (c->shut_down) return;
     if (c->active || c->pending_off < c->pending.len) {
         pending_append(c, data, len);
         if (c->closing) return;
@@ -1130,4 +1132,19 @@ void http1_close_all(server_t *srv) {
         next = c->next;
         conn_close(c);
     }
+}
+
+/* ---------------------------------------------------------------- fuzzing seam */
+
+int http1_server_feed_for_fuzz(server_t *srv, const char *data, ssize_t nread) {
+    server_conn_t *c = srv->conns;
+    if (!c || c->closing || c->write_failed) return -1;
+    on_stream_read(c->stream, nread, data, NULL);
+    return 0;
+}
+
+size_t http1_server_queued_for_fuzz(server_t *srv) {
+    server_conn_t *c = srv->conns;
+    if (!c || c->closing) return 0;
+    return stream_pending(c->stream) + (c->head_waiting ? c->head.len : 0);
 }

@@ -82,5 +82,12 @@ void http1_conn_start(server_t *srv, stream_t *stream);
 /* Closes connections with nothing to finish (no request being read or answered). */
 void http1_close_idle(server_t *srv);
 void http1_close_all(server_t *srv);
+/* For tests/fuzz/fuzz_request.c: bytes (nread > 0) or the peer's close or an error (nread < 0)
+ * delivered to the server's newest connection as its stream delivers what it reads, so a
+ * fuzzer chooses how the bytes are cut without writing them to a socket. 0, or -1 when no
+ * connection is open or it is closing. */
+int http1_server_feed_for_fuzz(server_t *srv, const char *data, ssize_t nread);
+/* Bytes the newest connection has queued to its client and not yet written (0: none open). */
+size_t http1_server_queued_for_fuzz(server_t *srv);
 
 #endif

@@ -312,7 +312,10 @@ upstream_req_t *upstream_req_alloc(upstream_pool_t *pool) {
     } else if (!(r = calloc(1, sizeof(*r)))) {
         return NULL;
     } else {
-        http_headers_init(&r->hh, 4 * HTTP_MAX_HEADER_BYTES, 256, 0);
+        /* Names must be tokens: llhttp lets "Name : value" through in responses, and such
+         * a line would reach the client as it came ("Transfer-Encoding : chunked" next to
+         * the framing the server adds). A bad upstream response is a 502, as any other. */
+        http_headers_init(&r->hh, 4 * HTTP_MAX_HEADER_BYTES, 256, 1);
     }
     http_headers_reset(&r->hh);
     r->pool = pool;

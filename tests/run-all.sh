@@ -18,4 +18,5 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DROUTE_FUZZ=ON
 cmake --build build-fuzz -j"$jobs"
-ctest --test-dir build-fuzz --output-on-failure -L fuzz
+# Each target is one process on one core for ROUTE_FUZZ_SECONDS (20 s): two at a time.
+ctest --test-dir build-fuzz --output-on-failure -j2 -L fuzz

@@ -567,6 +567,18 @@ class Drop:
         return False
 
 
+class Reset:
+    """Reset the connection (RST, not FIN) without answering, as a crashed upstream does."""
+
+    def send(self, w):
+        import struct
+        try:
+            w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        return False
+
+
 class Hang:
     """Answer nothing until `release` is set (or `timeout` s pass), then send `then` (default:
     close the connection)."""

@@ -101,7 +101,7 @@ def last_record(p):
 # --------------------------------------------------------------------------- what fails over
 
 FAILURES = ["500", "503", "429", "refused", "unresolvable", "header_timeout", "401", "403",
-            "drop", "garbage", "partial_head"]
+            "drop", "garbage", "partial_head", "space_before_colon", "1xx_with_body"]
 
 
 @pytest.mark.parametrize("kind", FAILURES)
@@ -120,6 +120,11 @@ def test_failover_to_healthy_second_upstream(proxy_factory, mock_factory, script
         bad.set_default(Raw(b""))  # closes without a byte
     elif kind == "garbage":
         bad.set_default(Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"))
+    elif kind == "space_before_colon":  # found by fuzz_response: a bad response, not forwarded
+        bad.set_default(Raw(b"HTTP/1.1 200 OK\r\nX-Bad : 1\r\nContent-Length: 2\r\n\r\n{}"))
+    elif kind == "1xx_with_body":  # found by fuzz_response: a 1xx has no body to hand on
+        bad.set_default(Raw(b"HTTP/1.1 100 Continue\r\nContent-Length: 4\r\n\r\nJUNK"
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
     elif kind == "partial_head":  # half a head, then silence: still the header timeout
         bad.set_default(Raw(b"HTTP/1.1 200 OK\r\nContent-Type: applic", close=False))
         p.set_config("timeout", "1")
@@ -153,7 +158,8 @@ def test_failover_to_healthy_second_upstream(proxy_factory, mock_factory, script
     expect = {"500": "status 500", "503": "status 503", "429": "status 429",
               "401": "status 401", "403": "status 403", "refused": "refused",
               "unresolvable": "DNS", "header_timeout": "timeout", "drop": "closed",
-              "garbage": "bad response", "partial_head": "timeout"}[kind]
+              "garbage": "bad response", "partial_head": "timeout",
+              "space_before_colon": "bad response", "1xx_with_body": "bad response"}[kind]
     assert expect in reason, (kind, reason)
     if kind in ("500", "503", "429", "401", "403"):
         assert att[0]["status"] == int(kind)
