@@ -220,16 +220,19 @@ static void on_up_head(void *ud, int status, const route_header_t *headers, size
     p->sent_head = 1;
     p->status = status;
     p->ttfb_ns = util_now_mono_ns() - http_request_start_mono_ns(p->http);
-    http_response_start(p->http, status, out->data, out->len, content_length);
-    out->len = 0;
     if (content_type)
         p->ex =
             extract_pool_get(&p->ctx->extract_pool, content_type->value, content_type->value_len);
+    /* Forwarding by events leaves the usage chunk out (and "usage": null members): the body
+     * the client gets is shorter than the upstream's Content-Length, so it goes chunked. */
+    int filtered = p->forced_usage && extract_is_sse(p->ex);
+    http_response_start(p->http, status, out->data, out->len, filtered ? -1 : content_length);
+    out->len = 0;
     if (content_type && strncasecmp(content_type->value, "text/event-stream", 17) == 0) {
         p->sse = 1;
         metrics_stream_started(p->ctx->metrics);
     }
-    if (p->forced_usage && extract_is_sse(p->ex)) {
+    if (filtered) {
         p->by_events = 1;
         extract_set_cut_cb(p->ex, on_event_end, p);
     }

@@ -296,7 +296,7 @@ class Sse:
     sent: list of threading.Event, sent[i] set once event i was written (i = len(events) for
           [DONE]); `finished` is set when the response is complete, `aborted` when the client
           went away mid-stream.
-    framing: "chunked" (default, as OpenAI does) or "close".
+    framing: "chunked" (default, as OpenAI does), "length" (one Content-Length) or "close".
     """
 
     def __init__(self, events, delay=0.0, gates=None, done=True, status=200, headers=None,
@@ -332,7 +332,9 @@ class Sse:
         for g in self.gates.values():
             w.mock._add_waiter(g)
         try:
-            w.head(self.status, hs, self.framing)
+            # "length": one Content-Length for the whole stream, as some servers send SSE.
+            w.head(self.status, hs, self.framing,
+                   length=sum(len(p) for p in payloads) if self.framing == "length" else None)
             for i, p in enumerate(payloads):
                 d = self.delay[i] if isinstance(self.delay, (list, tuple)) else self.delay
                 if d:

@@ -74,6 +74,20 @@ def test_forced_flag_added_and_usage_chunk_kept_from_the_client(proxy, mock):
     assert rec["response"] == "Hello!" and rec["status"] == 200 and not rec["error"]
 
 
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_forced_stream_with_other_framing_ends_for_the_client(proxy, mock, framing):
+    # An upstream that frames its SSE with one Content-Length (or by closing): what the client
+    # gets is shorter than that length, so it is re-framed chunked and ends properly.
+    s = mock.set(CHAT, ChatStream(["Hel", "lo", "!"], usage="asked", usage_null=True,
+                                  usage_when_asked=(7, 3, 10), framing=framing))
+    r = proxy.request("POST", CHAT, BODY, {"Content-Type": "application/json"}, timeout=10)
+    assert r.status == 200, r
+    assert "content-length" not in r.headers and r.headers.get("transfer-encoding") == "chunked", r.headers
+    assert r.body == without_usage(s.payloads)
+    rec = proxy.wait_for_records(1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["total_tokens"]) == (7, 3, 10)
+
+
 def test_events_split_across_reads_are_forwarded_whole(proxy, mock):
     """Events cut across TCP reads: the start of an event is held until its end, the usage
     chunk and the "usage": null are still taken out, and every event reaches the client as
