@@ -690,10 +690,13 @@ static struct timespec mono_deadline(int64_t ns) {
 
 /* Below the event loop in the scheduler's eyes: on a core shared with the loop, a group commit
  * (milliseconds of SQLite work) would otherwise take whole time slices from requests in flight
- * and show up as their p99. With nice WRITER_NICE the writer still gets about a quarter of a
- * saturated core (CFS weights 335 vs 1024), several times what the rows need at full load, so
- * the queue still drains. Linux applies a thread's nice value to that thread alone. */
-#define WRITER_NICE 5
+ * and show up as their p99. With nice WRITER_NICE the writer still gets about two fifths of a
+ * saturated core (CFS weights 655 vs 1024). Measured on one core at full load: nice 5 (a
+ * quarter) kept up with JSON rows but not with SSE rows (about 2.5 KB each, 29k/s: the queue
+ * passed its 64 MiB bound and 18% of the records were dropped); nice 2 keeps up with both at
+ * the same request rate, and nice 0 costs 8% of the JSON rate for nothing more. Linux applies
+ * a thread's nice value to that thread alone. */
+#define WRITER_NICE 2
 
 static void *writer_main(void *arg) {
     store_t *s = arg;

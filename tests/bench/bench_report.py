@@ -18,7 +18,7 @@ LABELS = {
     "direct": "direct to the mock (ceiling)",
     "nginx": "nginx `proxy_pass`, 1 worker, keepalive pool, `proxy_buffering off`",
     "haproxy": "HAProxy, `nbthread 1`, `http-reuse always`, `option http-no-delay`",
-    "route": "openai-api-route, default hooks + recording (+ metrics, access log)",
+    "route": "openai-api-route, default hooks + recording (+ metrics, access log; force_stream_usage=0)",
     "quiet": "openai-api-route, the same with the access log off (`access_log=0`)",
     "engine": "openai-api-route, engine alone (hooks return at once, no records)",
 }
