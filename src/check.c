@@ -158,8 +158,9 @@ static void check_scripts(check_t *c, const route_options_t *opts, store_t *stor
      * it means whatever the script makes of it. */
     const char *policy = store ? store_loop_config(store, "policy") : NULL;
     if (h && hooks_pick_is_default(h) && !default_policy_known(policy))
-        problem(c, "%s: config_kvs: policy: unknown load balance policy '%s' (every request "
-                   "would get a 500)",
+        problem(c,
+                "%s: config_kvs: policy: unknown load balance policy '%s' (every request "
+                "would get a 500)",
                 c->database, policy);
     free(err);
     hooks_free(h);

@@ -467,8 +467,10 @@ static void append_protocols_without_token(buf_t *b, const route_header_t *h) {
     size_t before = at, after = at + elen;
     while (before > 0 && (v[before - 1] == ' ' || v[before - 1] == '\t'))
         before--;
-    if (before > 0 && v[before - 1] == ',') before--; /* the comma ahead of it goes too */
-    else if (after < h->value_len && v[after] == ',') after++;
+    if (before > 0 && v[before - 1] == ',')
+        before--; /* the comma ahead of it goes too */
+    else if (after < h->value_len && v[after] == ',')
+        after++;
     while (before == 0 && after < h->value_len && (v[after] == ' ' || v[after] == '\t'))
         after++;
     if (before == 0 && after >= h->value_len) return; /* the token was the only entry */

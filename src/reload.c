@@ -1,11 +1,11 @@
 /* reload.c: the scripts folder watch and the bookkeeping of reloads.
  *
  * Owns: the uv_fs_event watches on the folder and on its subfolders that hold modules (any
- * *.lua created, written or renamed over; a subfolder made), the debounce timer, reading the folder on a work thread (a script_snapshot_t) and handing
- * it to the hooks on the loop, the bounded list of callers waiting for a reload's result, the
- * reload count and last error, and GET /admin/scripts' view of the loaded files.
- * Must not: load Lua itself (hooks_load.c does, and keeps the running hooks when a load
- * fails), or read a file on the loop thread. */
+ * *.lua created, written or renamed over; a subfolder made), the debounce timer, reading the folder
+ * on a work thread (a script_snapshot_t) and handing it to the hooks on the loop, the bounded list
+ * of callers waiting for a reload's result, the reload count and last error, and GET
+ * /admin/scripts' view of the loaded files. Must not: load Lua itself (hooks_load.c does, and keeps
+ * the running hooks when a load fails), or read a file on the loop thread. */
 #include "route/reload.h"
 
 #include <errno.h>

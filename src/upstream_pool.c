@@ -21,7 +21,7 @@
 /* Origins known at once. One without users is forgotten when a new one would pass this (its
  * saved TLS session goes with it), so endpoints that come and go cannot grow the list. */
 #define POOL_MAX_ORIGINS 256
-#define FREE_REQS_MAX            256
+#define FREE_REQS_MAX    256
 
 static void try_next_address(upstream_req_t *r, const char *last_error);
 

@@ -14,7 +14,7 @@ typedef struct route_options {
     const char *set;      /* "key=value" or NULL */
     const char *ca_file;  /* NULL: system bundle */
     const char *tls_cert, *tls_key;
-    const char *log_format; /* "text" or "json": the access log's lines */
+    const char *log_format;    /* "text" or "json": the access log's lines */
     const char *export_path;   /* -export FILE, "-" for stdout; NULL when not given */
     const char *since, *model; /* -export filters; NULL when not given */
     int add, list, noauth, check;

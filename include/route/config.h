@@ -29,7 +29,7 @@ typedef struct route_config {
     int64_t records_queue_max_mb;
     int64_t records_retention_days; /* 0: keep every row */
     int metrics_public;
-    int access_log;              /* 1: one line per request on stderr */
+    int access_log; /* 1: one line per request on stderr */
     /* 1: a stream to chat/completions or completions asks the upstream for its usage chunk
      * (stream_options.include_usage), recorded and kept from the client that did not ask */
     int force_stream_usage;

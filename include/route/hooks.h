@@ -35,10 +35,10 @@ typedef struct route_candidate {
 typedef struct route_attempt {
     int64_t upstream_id;
     const char *endpoint;
-    int status;        /* upstream status, 0 when none came */
-    const char *error; /* why it failed, NULL when it did not */
-    int failed;        /* counts as an upstream failure */
-    int timed_out;     /* failed by a timeout (connect, headers or idle) */
+    int status;         /* upstream status, 0 when none came */
+    const char *error;  /* why it failed, NULL when it did not */
+    int failed;         /* counts as an upstream failure */
+    int timed_out;      /* failed by a timeout (connect, headers or idle) */
     int64_t connect_ns; /* DNS + TCP (+ TLS) of a new connection; 0 when a pooled one served */
 } route_attempt_t;
 

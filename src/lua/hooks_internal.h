@@ -14,8 +14,8 @@
 #include "route/store.h"
 
 #define REG_FOLDER_MODULES "route.folder_modules"
-#define EMBEDDED_CHUNK "=route.lua (embedded)"
-#define SCRIPT_NAME    "route.lua"
+#define EMBEDDED_CHUNK     "=route.lua (embedded)"
+#define SCRIPT_NAME        "route.lua"
 
 /* One loaded hook table. Requests pin the set they started with (route_req_t.hooks), so a
  * reload in the middle of a request does not hand it half to the old script, half to the

@@ -36,9 +36,9 @@ static const unsigned hook_bits[] = {HOOK_AUTHORIZE, HOOK_PICK_UPSTREAM, HOOK_ON
 typedef struct load_job {
     hooks_t *h;
     const script_snapshot_t *snap; /* the folder's files, read off the loop */
-    int first;       /* a fresh state: open libraries and the route module first */
-    int loaded_file; /* out: the folder had a route.lua */
-    hookset_t *set;  /* out: the loaded table's set (allocated by the caller) */
+    int first;                     /* a fresh state: open libraries and the route module first */
+    int loaded_file;               /* out: the folder had a route.lua */
+    hookset_t *set;                /* out: the loaded table's set (allocated by the caller) */
 } load_job_t;
 
 /* The value on top must be a table of hooks; where is the chunk name for the message. */
@@ -288,8 +288,7 @@ static int run_load(hooks_t *h, load_job_t *job, char **msg) {
     h->loading = 0;
     if (!job->first) {
         char *ignored = NULL;
-        vm_run_protected(h, rc != 0 ? restore_folder_modules : drop_saved_modules, NULL,
-                         &ignored);
+        vm_run_protected(h, rc != 0 ? restore_folder_modules : drop_saved_modules, NULL, &ignored);
         free(ignored);
     }
     if (rc != 0) {

@@ -207,8 +207,9 @@ static config_item_t *config_item(const char *key, const char *value, uint64_t s
 int store_loop_config_set(store_t *s, const char *key, const char *value, const char **why) {
     size_t key_len = strlen(key), value_len = strlen(value);
     if (key_len == 0 || key_len > STORE_CONFIG_KEY_MAX || value_len > STORE_CONFIG_VALUE_MAX) {
-        *why = key_len == 0 ? "empty key" : key_len > STORE_CONFIG_KEY_MAX ? "key too long"
-                                                                             : "value too long";
+        *why = key_len == 0                     ? "empty key"
+               : key_len > STORE_CONFIG_KEY_MAX ? "key too long"
+                                                : "value too long";
         return -1;
     }
     const char *old = store_loop_config(s, key);

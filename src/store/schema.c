@@ -523,8 +523,8 @@ store_t *store_open_readonly(const char *path, char **err) {
         if (uri) {
             sqlite3_close(s->sync_db);
             s->sync_db = NULL;
-            first = open_and_read(s, uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
-                                              SQLITE_OPEN_URI);
+            first =
+                open_and_read(s, uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI);
             free(uri);
         }
     }
