@@ -495,12 +495,9 @@ void stream_read_stop(stream_t *s) {
 
 /* ---------------------------------------------------------------- opening */
 
-stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *tls,
-                        const stream_callbacks_t *cb, void *data) {
-    stream_t *s = stream_new(env, cb, data);
-    if (!s) return NULL;
-    if (uv_accept(listener, (uv_stream_t *)&s->tcp) != 0 ||
-        (tls && !(s->tls = tls_conn_new(tls, NULL, NULL)))) {
+/* A client's connection, accepted or adopted: the TLS session (server side), then reading. */
+static stream_t *server_side_start(stream_t *s, tls_config_t *tls) {
+    if (tls && !(s->tls = tls_conn_new(tls, NULL, NULL))) {
         stream_close(s);
         return NULL;
     }
@@ -508,6 +505,17 @@ stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *
     uv_tcp_nodelay(&s->tcp, 1);
     stream_read_start(s);
     return s;
+}
+
+stream_t *stream_accept(stream_env_t *env, uv_stream_t *listener, tls_config_t *tls,
+                        const stream_callbacks_t *cb, void *data) {
+    stream_t *s = stream_new(env, cb, data);
+    if (!s) return NULL;
+    if (uv_accept(listener, (uv_stream_t *)&s->tcp) != 0) {
+        stream_close(s);
+        return NULL;
+    }
+    return server_side_start(s, tls);
 }
 
 stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const stream_callbacks_t *cb,
@@ -522,14 +530,7 @@ stream_t *stream_adopt(stream_env_t *env, int fd, tls_config_t *tls, const strea
         stream_close(s);
         return NULL;
     }
-    if (tls && !(s->tls = tls_conn_new(tls, NULL, NULL))) {
-        stream_close(s);
-        return NULL;
-    }
-    s->connected = 1;
-    uv_tcp_nodelay(&s->tcp, 1);
-    stream_read_start(s);
-    return s;
+    return server_side_start(s, tls);
 }
 
 static void on_connect(uv_connect_t *cr, int status) {
