@@ -89,6 +89,13 @@ typedef struct store_fault {
     uint64_t dropped_before; /* dropped_total when it began */
 } store_fault_t;
 
+/* Called before each write of a connection to its database file or its WAL, on the thread
+ * that writes: the writer paces itself with it (writer.c). */
+typedef struct store_pacer {
+    void (*pace)(void *arg);
+    void *arg;
+} store_pacer_t;
+
 struct store {
     /* sync.c */
     sqlite3 *sync_db;
@@ -143,8 +150,10 @@ struct store {
     size_t backlog_peak_bytes; /* the most the queue held since memory was last given back */
     size_t trim_rows;          /* rows written since then */
     int64_t last_trim_ns;
-    uint64_t late_total; /* rows written after waiting out a fault (queue_mu) */
-    int faulted;         /* write_fault.active, for store_stats (queue_mu) */
+    store_pacer_t pacer;    /* writer_pace, on the writer connection's files */
+    int64_t slice_start_ns; /* when the writer last offered the core */
+    uint64_t late_total;    /* rows written after waiting out a fault (queue_mu) */
+    int faulted;            /* write_fault.active, for store_stats (queue_mu) */
     bump_table_t queue_folded;
     config_item_t *queue_config, **queue_config_tail;
     int writer_sleeping, stopping, polling;
@@ -162,6 +171,8 @@ struct store {
 #define STORE_VFS_NAME "route-guarded"
 /* The VFS name to open with (registered on first use), NULL: the default. */
 const char *store_vfs(void);
+/* Attaches pacer (which must outlive the connection) to db's files; returns a SQLite code. */
+int store_vfs_set_pacer(sqlite3 *db, store_pacer_t *pacer);
 /* ---- schema.c: connections, SQL helpers, rows ---- */
 void store_set_err(char **err, sqlite3 *db);
 sqlite3 *store_db_open(const char *path, int busy_ms, char **err);

@@ -10,8 +10,14 @@
  * SQLite returns that error to the caller (the writer retries, an admin call fails) instead of
  * touching the mapping. Shared locks and reads pass: reading a mapped page cannot fault so.
  *
- * Owns: the VFS registration and the wrapped file's methods.
- * Must not: change what any other call does, or cost more than an access() per exclusive lock. */
+ * It also carries a connection's pacer (store_vfs_set_pacer): a call before each write to the
+ * database file or its WAL, by which the writer thread offers its core during a commit or a
+ * checkpoint (writer.c says why). A WAL file finds its database's pacer through
+ * sqlite3_database_file_object, so a pacer set after the WAL was opened still applies.
+ *
+ * Owns: the VFS registration, the wrapped file's methods, the pacer file control.
+ * Must not: change what any other call does, or cost more than an access() per exclusive lock
+ * and a pointer test per write. */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -25,8 +31,13 @@
 typedef struct guarded_file {
     sqlite3_file base;
     const char *db_name; /* the main database's name (valid until xClose), NULL for others */
-    sqlite3_file *real;  /* right after this struct, in the same allocation */
+    struct guarded_file *database; /* a WAL's or a journal's main database file, NULL for others */
+    store_pacer_t *pacer;          /* the main database's: its connection's pacer, or NULL */
+    sqlite3_file *real;            /* right after this struct, in the same allocation */
 } guarded_file_t;
+
+/* Not a SQLite opcode: those are below 100. The value spells "RTPC". */
+#define FCNTL_SET_PACER 0x52545043
 
 static sqlite3_vfs guarded_vfs;
 static sqlite3_vfs *real_vfs;
@@ -43,6 +54,9 @@ static int g_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off) {
     return REAL(f)->pMethods->xRead(REAL(f), p, n, off);
 }
 static int g_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off) {
+    guarded_file_t *g = (guarded_file_t *)(void *)f;
+    store_pacer_t *pacer = g->database ? g->database->pacer : g->pacer;
+    if (pacer) pacer->pace(pacer->arg);
     return REAL(f)->pMethods->xWrite(REAL(f), p, n, off);
 }
 static int g_truncate(sqlite3_file *f, sqlite3_int64 size) {
@@ -64,6 +78,10 @@ static int g_check_reserved(sqlite3_file *f, int *out) {
     return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
 }
 static int g_file_control(sqlite3_file *f, int op, void *arg) {
+    if (op == FCNTL_SET_PACER) {
+        ((guarded_file_t *)(void *)f)->pacer = arg;
+        return SQLITE_OK;
+    }
     return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
 }
 static int g_sector_size(sqlite3_file *f) {
@@ -113,6 +131,11 @@ static int g_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
     guarded_file_t *g = (guarded_file_t *)(void *)f;
     g->real = (sqlite3_file *)(void *)(g + 1);
     g->db_name = (flags & SQLITE_OPEN_MAIN_DB) ? name : NULL;
+    g->pacer = NULL;
+    /* Opened through this VFS too, by the same connection, so it is one of these. */
+    g->database = name && (flags & (SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_JOURNAL))
+                      ? (guarded_file_t *)(void *)sqlite3_database_file_object(name)
+                      : NULL;
     int rc = real_vfs->xOpen(real_vfs, name, g->real, flags, out_flags);
     /* The methods are the real ones' version: 3 with shared memory and fetch, as unix has. */
     f->pMethods = g->real->pMethods ? &guarded_methods : NULL;
@@ -149,6 +172,10 @@ static void register_once(void) {
         .xUnfetch = g_unfetch,
     };
     sqlite3_vfs_register(&guarded_vfs, 0);
+}
+
+int store_vfs_set_pacer(sqlite3 *db, store_pacer_t *pacer) {
+    return sqlite3_file_control(db, "main", FCNTL_SET_PACER, pacer);
 }
 
 const char *store_vfs(void) {

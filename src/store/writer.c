@@ -66,6 +66,8 @@
  * measured. A row waits at most this long for its commit (unless the batch fills first). */
 #define GROUP_COMMIT_NS (50 * 1000000LL)
 
+static void writer_pace(void *arg);
+
 /* ---- the loop's side ---- */
 
 static void wake_locked(store_t *s, int *wake) {
@@ -224,6 +226,8 @@ int store_writer_prepare(store_t *s, const char *path, char **err) {
                                   &s->w_version,    &s->w_read_begin,   &s->w_read_end,
                                   &s->w_sel_config, &s->w_sel_upstreams};
     if (!(s->writer_db = store_db_open(path, WRITER_BUSY_MS, err))) return -1;
+    s->pacer = (store_pacer_t){.pace = writer_pace, .arg = s};
+    store_vfs_set_pacer(s->writer_db, &s->pacer);
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA cache_size=-%d", WRITER_CACHE_KIB);
     store_exec(s->writer_db, pragma);
@@ -464,23 +468,26 @@ static int files_writable(store_t *s, char *why, size_t cap) {
 
 /* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
  * why). Rows failing for a reason of their own are left out and counted as dropped. */
-/* A group commit is milliseconds of CPU (about 10 us a row with the records indexes). On a core
- * shared with the loop, a request that arrives meanwhile waits for the scheduler to preempt
- * this thread, up to a slice (0.75 to 3 ms: the benchmark's -c1 p99), whatever its nice value.
- * So the writer offers the core between rows every WRITER_SLICE_NS: when the loop is runnable
- * it goes first, when it is not sched_yield returns at once. Only while the writer keeps up:
- * past WRITER_YIELD_BACKLOG rows queued behind the batch it stops yielding and takes its
- * scheduler share (measured on one saturated core, yielding always let the queue pass its
+/* A group commit is milliseconds of CPU: about 10 us a row with the records indexes, then the
+ * COMMIT's WAL writes (0.5 to 1.5 ms at a few thousand requests a second) and, every 16 MB of
+ * WAL, a checkpoint (20 ms and more). On a core shared with the loop, a request that arrives
+ * meanwhile waits for the scheduler to preempt this thread, up to a slice (0.75 to 3 ms: the
+ * benchmark's -c1 p99), whatever its nice value. So the writer offers the core every
+ * WRITER_SLICE_NS, between rows and before each file write (the VFS's pacer): when the loop is
+ * runnable it goes first, when it is not sched_yield returns at once. Only while the writer
+ * keeps up: past WRITER_YIELD_BACKLOG rows queued behind the batch it stops yielding and takes
+ * its scheduler share (measured on one saturated core, yielding always let the queue pass its
  * bound and drop 40% of the rows). The backlog then settles near that mark, never past it for
  * want of CPU. */
 #define WRITER_SLICE_NS      (100 * 1000LL)
 #define WRITER_YIELD_BACKLOG 2048
 
-static void yield_after_slice(store_t *s, int64_t *slice_start) {
+static void writer_pace(void *arg) {
+    store_t *s = arg;
     int64_t now = util_now_mono_ns();
-    if (now - *slice_start < WRITER_SLICE_NS) return;
+    if (now - s->slice_start_ns < WRITER_SLICE_NS) return;
     if (queued_rows(s) < WRITER_YIELD_BACKLOG) sched_yield();
-    *slice_start = util_now_mono_ns();
+    s->slice_start_ns = util_now_mono_ns();
 }
 
 static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
@@ -492,9 +499,8 @@ static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
     }
     size_t bad_rows = 0;
     int fail = 0;
-    int64_t slice_start = util_now_mono_ns();
     for (const store_record_t *r = b->records; r && !fail; r = r->queue_next) {
-        yield_after_slice(s, &slice_start);
+        writer_pace(s);
         if (write_record(s, r) == 0) continue;
         int code = sqlite3_extended_errcode(db);
         if (transient(code)) {
