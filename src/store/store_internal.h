@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "route/store.h"
+#include "route/util.h"
 
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_COUNT(a)        (sizeof(a) / sizeof *(a))

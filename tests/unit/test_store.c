@@ -3,7 +3,9 @@
  * visible after close and reopen), newest-first records across UTC offsets, the in-place
  * migration of a database the Go program wrote, counters folded into one UPDATE per upstream,
  * the queue bound dropping the oldest rows, no flip-back of queued bumps, and another
- * process's write reaching a running loop through the async hand-over within 250 ms. */
+ * process's write reaching a running loop through the async hand-over within 250 ms, and the
+ * VFS calling a connection's pacer before its WAL writes (a COMMIT) and its database file
+ * writes (a checkpoint). */
 #include "route/store.h"
 
 #include <sqlite3.h>
@@ -12,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../src/store/store_internal.h"
 #include "route/util.h"
 #include "testlib.h"
 
@@ -726,6 +729,42 @@ static void test_external_change_async(void) {
     store_close(s);
 }
 
+static void count_pace(void *arg) {
+    (*(int *)arg)++;
+}
+
+/* The writer offers its core through the pacer during commits and checkpoints (writer.c): both
+ * are file writes SQLite makes on its own, so only the VFS can pace them. */
+static void test_vfs_pacer(void) {
+    char path[256];
+    db_path(path, sizeof path, "pacer.sqlite");
+    char *err = NULL;
+    sqlite3 *db = store_db_open(path, 1000, &err);
+    CHECK(db != NULL);
+    free(err);
+    if (!db) return;
+    CHECK(store_exec(db, "PRAGMA journal_mode=WAL") == 0);
+    CHECK(store_exec(db, "CREATE TABLE t(x)") == 0);
+    int calls = 0;
+    store_pacer_t pacer = {.pace = count_pace, .arg = &calls};
+    /* Set after the WAL was opened: the WAL file finds it through its database file. */
+    CHECK(store_vfs_set_pacer(db, &pacer) == SQLITE_OK);
+    CHECK(store_exec(db, "INSERT INTO t VALUES (randomblob(100000))") == 0);
+    int after_commit = calls;
+    CHECK(after_commit > 0);
+    CHECK(sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK);
+    CHECK(calls > after_commit);
+    /* Another connection to the same file has no pacer. */
+    sqlite3 *other = store_db_open(path, 1000, &err);
+    CHECK(other != NULL);
+    free(err);
+    int before = calls;
+    CHECK(store_exec(other, "INSERT INTO t VALUES (1)") == 0);
+    CHECK(calls == before);
+    sqlite3_close(other);
+    sqlite3_close(db);
+}
+
 int main(void) {
     setenv("TZ", "CST-8", 1);
     tzset();
@@ -741,6 +780,7 @@ int main(void) {
     test_bounded_bytes();
     test_no_flip_back();
     test_external_change_async();
+    test_vfs_pacer();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
