@@ -13,13 +13,14 @@ import statistics
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "haproxy", "route", "quiet", "engine"]
+TARGETS = ["direct", "nginx", "haproxy", "route", "quiet", "unrec", "engine"]
 LABELS = {
     "direct": "direct to the mock (ceiling)",
     "nginx": "nginx `proxy_pass`, 1 worker, keepalive pool, `proxy_buffering off`",
     "haproxy": "HAProxy, `nbthread 1`, `http-reuse always`, `option http-no-delay`",
     "route": "openai-api-route, default hooks + recording (+ metrics, access log; force_stream_usage=0)",
     "quiet": "openai-api-route, the same with the access log off (`access_log=0`)",
+    "unrec": "openai-api-route, the same with every row vetoed (default authorize and pick in C)",
     "engine": "openai-api-route, engine alone (hooks return at once, no records)",
 }
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -155,6 +156,12 @@ def main():
                   ratio(rps["route", "sse"], rps["quiet", "sse"]),
                   fmt(m("c32", "route", "json", "cpu10k"), 3),
                   fmt(m("c32", "quiet", "json", "cpu10k"), 3))]
+    lines += ["", "The records' cost (same run, access log off in both): JSON %s, SSE %s of the "
+              "throughput without them; CPU per 10k JSON requests %s with them, %s without." % (
+                  ratio(rps["quiet", "json"], rps["unrec", "json"]),
+                  ratio(rps["quiet", "sse"], rps["unrec", "sse"]),
+                  fmt(m("c32", "quiet", "json", "cpu10k"), 3),
+                  fmt(m("c32", "unrec", "json", "cpu10k"), 3))]
 
     lines += ["", "## One connection (`wrk -t1 -c1`, JSON)", ""]
     d50, d99 = m("c1", "direct", "json", "p50"), m("c1", "direct", "json", "p99")
