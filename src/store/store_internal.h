@@ -10,7 +10,9 @@
  *   snap_mu   orders snapshot reads against the writer's COMMIT, so a snapshot's committed
  *             bump totals and config sequence match the rows it read exactly;
  *   inbox_mu  the snapshot the writer hands to the loop, and whether a loop is attached.
- * Lock order: sync_mu, then snap_mu; queue_mu and inbox_mu are never held with another. */
+ * Lock order: sync_mu, then snap_mu, then queue_mu (the writer's pacer reads the queue's depth
+ * during a COMMIT, under snap_mu); nothing is taken under queue_mu or inbox_mu, and inbox_mu
+ * is never held with another. */
 #ifndef ROUTE_STORE_INTERNAL_H
 #define ROUTE_STORE_INTERNAL_H
 

@@ -466,8 +466,6 @@ static int files_writable(store_t *s, char *why, size_t cap) {
 
 /* ---- writing a batch ---- */
 
-/* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
- * why). Rows failing for a reason of their own are left out and counted as dropped. */
 /* A group commit is milliseconds of CPU: about 10 us a row with the records indexes, then the
  * COMMIT's WAL writes (0.5 to 1.5 ms at a few thousand requests a second) and, every 16 MB of
  * WAL, a checkpoint (20 ms and more). On a core shared with the loop, a request that arrives
@@ -490,6 +488,8 @@ static void writer_pace(void *arg) {
     s->slice_start_ns = util_now_mono_ns();
 }
 
+/* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
+ * why). Rows failing for a reason of their own are left out and counted as dropped. */
 static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
     sqlite3 *db = s->writer_db;
     int rc = store_step_reset(s->w_begin);
