@@ -150,18 +150,17 @@ def main():
     if errs:
         lines += ["", "wrk socket errors (all runs): " + errs]
 
-    lines += ["", "The access log's cost (same run): JSON %s, SSE %s of the throughput without it; "
-              "CPU per 10k JSON requests %s with it, %s without." % (
-                  ratio(rps["route", "json"], rps["quiet", "json"]),
-                  ratio(rps["route", "sse"], rps["quiet", "sse"]),
-                  fmt(m("c32", "route", "json", "cpu10k"), 3),
-                  fmt(m("c32", "quiet", "json", "cpu10k"), 3))]
-    lines += ["", "The records' cost (same run, access log off in both): JSON %s, SSE %s of the "
-              "throughput without them; CPU per 10k JSON requests %s with them, %s without." % (
-                  ratio(rps["quiet", "json"], rps["unrec", "json"]),
-                  ratio(rps["quiet", "sse"], rps["unrec", "sse"]),
-                  fmt(m("c32", "quiet", "json", "cpu10k"), 3),
-                  fmt(m("c32", "unrec", "json", "cpu10k"), 3))]
+    def cost(what, it, with_t, without_t):
+        """A feature's cost: with_t has it, without_t is the same target without it."""
+        return ["", "%s (same run): JSON %s, SSE %s of the throughput without %s; CPU per 10k "
+                "JSON requests %s with %s, %s without." % (
+                    what, ratio(rps[with_t, "json"], rps[without_t, "json"]),
+                    ratio(rps[with_t, "sse"], rps[without_t, "sse"]), it,
+                    fmt(m("c32", with_t, "json", "cpu10k"), 3), it,
+                    fmt(m("c32", without_t, "json", "cpu10k"), 3))]
+
+    lines += cost("The access log's cost", "it", "route", "quiet")
+    lines += cost("The records' cost, the access log off in both", "them", "quiet", "unrec")
 
     lines += ["", "## One connection (`wrk -t1 -c1`, JSON)", ""]
     d50, d99 = m("c1", "direct", "json", "p50"), m("c1", "direct", "json", "p99")
