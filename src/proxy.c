@@ -567,24 +567,30 @@ static const upstream_callbacks_t upstream_events = {
 
 /* ---------------------------------------------------------------- forwarding */
 
+/* endpoint path + request path after /v1 + query: the endpoint's own query first, then the
+ * client's, joined by '&' (each as it came: nothing is decoded or re-encoded). */
 static char *build_target(proxy_req_t *p) {
     const http_request_t *h = p->http;
     const char *rest = http_request_path(h) + 3; /* the path after "/v1" */
-    const char *query = http_request_query(h);
-    const char *base = p->url->base_path;
+    const char *client_query = http_request_query(h);
+    const char *base = p->url->base_path, *base_query = p->url->query;
     if (!*base && !*rest) rest = "/";
-    size_t bl = strlen(base), rl = strlen(rest), ql = query ? strlen(query) : 0;
-    char *t = arena_alloc(http_request_arena(p->http), bl + rl + (query ? 1 + ql : 0) + 1);
+    size_t bl = strlen(base), rl = strlen(rest), eql = strlen(base_query);
+    size_t cql = client_query ? strlen(client_query) : 0;
+    char *t = arena_alloc(http_request_arena(p->http), bl + rl + 1 + eql + 1 + cql + 1);
     if (!t) return NULL;
     char *o = t;
     memcpy(o, base, bl);
     o += bl;
     memcpy(o, rest, rl);
     o += rl;
-    if (query) {
-        *o++ = '?';
-        memcpy(o, query, ql);
-        o += ql;
+    if (eql || client_query) *o++ = '?';
+    memcpy(o, base_query, eql);
+    o += eql;
+    if (eql && cql) *o++ = '&';
+    if (client_query) {
+        memcpy(o, client_query, cql);
+        o += cql;
     }
     *o = '\0';
     return t;

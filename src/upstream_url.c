@@ -75,7 +75,12 @@ int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, con
     while (plen > 0 && path[plen - 1] == '/')
         plen--;
     out->base_path = arena_strndup(arena, path, plen);
-    if (!out->host || !out->host_header || !out->base_path) {
+    /* An endpoint may carry a query of its own, as Azure OpenAI's ?api-version= does: it goes
+     * with every request to it (build_target puts the client's after it). */
+    const char *query = path + strcspn(path, "?#");
+    query += *query == '?';
+    out->query = arena_strndup(arena, query, *query == '#' ? 0 : strcspn(query, "#"));
+    if (!out->host || !out->host_header || !out->base_path || !out->query) {
         *why = "out of memory";
         return -1;
     }

@@ -91,13 +91,9 @@ int upstream_post(upstream_pool_t *pool, const char *url, const char *body, size
     /* Host only: webhook URLs carry their token in the path (Feishu) or the query. */
     w->label =
         arena_printf(&w->arena, "%s://%s", w->url.tls ? "https" : "http", w->url.host_header);
-    /* The query goes with the request (webhook services put their token there); a fragment
-     * never leaves the client side of a URL. */
-    const char *rest = url + (w->url.tls ? 8 : 7);
-    rest += strcspn(rest, "?#");
-    int query_len = *rest == '?' ? (int)strcspn(rest, "#") : 0;
-    char *target = arena_printf(&w->arena, "%s%.*s", *w->url.base_path ? w->url.base_path : "/",
-                                query_len, rest);
+    /* The query goes with the request (webhook services put their token there). */
+    char *target = arena_printf(&w->arena, "%s%s%s", *w->url.base_path ? w->url.base_path : "/",
+                                *w->url.query ? "?" : "", w->url.query);
     char *hdrs = arena_printf(&w->arena, "Host: %s\r\nContent-Length: %zu\r\n%s",
                               w->url.host_header, body_len, headers ? headers : "");
     char *copy = arena_alloc(&w->arena, body_len + 1);

@@ -15,11 +15,12 @@ typedef struct upstream_url {
     char *host; /* without brackets for IPv6 */
     int port;
     char *base_path;   /* "/v1", "" for none; never ends in '/' */
+    char *query;       /* the endpoint's own query without its '?' ("api-version=..."), "" */
     char *host_header; /* "host" or "host:port" as sent in Host */
 } upstream_url_t;
 
-/* Parses "http://host[:port][/path]" (https too). Strings live in arena. 0, or -1 with
- * *why set to a static message. */
+/* Parses "http://host[:port][/path][?query][#fragment]" (https too); the fragment is dropped,
+ * as a client drops it. Strings live in arena. 0, or -1 with *why set to a static message. */
 int upstream_parse_url(arena_t *arena, const char *url, upstream_url_t *out, const char **why);
 
 /* The parsed form of an endpoint string, from a per-loop cache (ctx->url_cache) keyed by the

@@ -328,6 +328,25 @@ def test_path_mapping_with_base_path(proxy_factory, mock):
     assert mock.last.target == "/openai/v1/models/gpt-4o?a=b&c=%20d"
 
 
+def test_endpoint_query_goes_with_every_request(proxy_factory, mock):
+    # Azure OpenAI style: the endpoint carries ?api-version=; the client's own query follows.
+    ep = mock.endpoint("/openai/deployments/gpt-4o") + "?api-version=2024-10-21#frag"
+    p = proxy_factory(upstreams=[("sk-azure", ep)])
+    mock.set_default(Echo())
+    r = p.request("POST", "/v1/chat/completions", chat_body())
+    assert r.status == 200, r
+    assert mock.last.target == "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    r = p.request("GET", "/v1/models?a=b&c=%20d")
+    assert r.status == 200, r
+    assert mock.last.target == "/openai/deployments/gpt-4o/models?api-version=2024-10-21&a=b&c=%20d"
+    # A query on an endpoint without a path.
+    p.stop()
+    p = proxy_factory(upstreams=[("sk-azure", mock.url + "?api-version=1")])
+    r = p.request("POST", "/v1", chat_body())
+    assert r.status == 200, r
+    assert mock.last.target == "/?api-version=1"
+
+
 def test_path_mapping_plain_v1(proxy, mock):
     mock.set_default(Echo())
     proxy.request("POST", "/v1/chat/completions", chat_body())
