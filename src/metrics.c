@@ -143,9 +143,9 @@ static void histogram_observe(uint64_t *v, const bucket_set_t *b, double x) {
 /* ---------------------------------------------------------------- labels */
 
 /* Outcomes of upstream attempts. */
-static const char *const OUTCOMES[] = {"success", "client_error", "aborted", "status",
-                                       "timeout", "connect",      "tls",     "dns",
-                                       "closed",  "protocol",     "other"};
+static const char *const OUTCOMES[] = {
+    "success", "client_error", "aborted", "status",   "timeout",          "connect",
+    "tls",     "dns",          "closed",  "protocol", "invalid_endpoint", "other"};
 #define N_OUTCOMES    (sizeof(OUTCOMES) / sizeof(OUTCOMES[0]))
 #define OUTCOME_OTHER (N_OUTCOMES - 1)
 

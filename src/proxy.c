@@ -680,6 +680,11 @@ static void try_next_candidate(proxy_req_t *p) {
             a->endpoint = "(invalid endpoint)";
             a->error = why;
             a->failed = 1;
+            /* Never contacted, but an attempt all the same: the operator's dashboard shows
+             * the upstream that cannot work, not a hole. */
+            if (ctx->metrics)
+                metrics_observe_upstream_failure(ctx->metrics, a->upstream_id, a->endpoint,
+                                                 "invalid_endpoint");
             continue;
         }
         p->url_refs[p->n_attempts - 1] = ref;

@@ -374,6 +374,23 @@ def test_metrics_after_mixed_traffic(proxy_factory, mock_factory, ordered):
                    math.inf]
 
 
+def test_invalid_endpoint_is_a_counted_attempt(proxy_factory, mock):
+    # An endpoint that does not parse is never contacted, but it was tried: it shows in the
+    # attempts as its own outcome, and the request fails over to the next upstream.
+    p = proxy_factory(upstreams=[(SK_A, "ftp://nowhere/v1"), (SK_B, mock.endpoint())])
+    ids = {u["endpoint"]: str(u["id"]) for u in p.upstream_rows()}
+    assert chat(p, "gpt-m1").status == 200
+
+    def settled():
+        _, f = get_metrics(p)
+        return f if sum(samples(f, "openai_route_requests_total").values()) == 1 else None
+
+    f = wait_until(settled, message="1 request counted")
+    att = lambda **kw: one(f, "openai_route_upstream_attempts_total", **kw)  # noqa: E731
+    assert att(upstream=ids["ftp://nowhere/v1"], outcome="invalid_endpoint") == 1
+    assert att(upstream=ids[mock.endpoint()], outcome="success") == 1
+
+
 def test_script_reloads_counted(proxy_factory, mock, tmp_path):
     d = tmp_path / "scripts"
     d.mkdir()
