@@ -15,7 +15,8 @@
  * it lasts and when it ends, with the rows written late and dropped.
  *
  * Owns: the writer connection, its statements and WAL checkpoints (its autocheckpoint is off:
- * a PASSIVE checkpoint past WAL_CHECKPOINT_BYTES, from this thread, after a commit), the queue,
+ * a PASSIVE checkpoint past WAL_CHECKPOINT_BYTES, from this thread, after a commit; the WAL
+ * cut back to WAL_KEEP_BYTES when it starts over), the queue,
  * the committed figures snapshots are stamped with, the external-change poll, the retry and
  * fault log, giving memory back after a burst (malloc_trim).
  * Must not: let the loop wait on anything but a pointer swap under queue_mu, drop a row while
@@ -44,8 +45,10 @@
 /* A WAL past this many bytes after a checkpoint is a problem of its own (a reader that never
  * ends, a database file that cannot be written): logged as such. */
 #define WAL_ALERT_BYTES ((int64_t)256 << 20)
-#define DROP_LOG_NS     (10 * 1000000000LL)
-#define FAULT_LOG_NS    (10 * 1000000000LL)
+/* What the WAL file is cut back to when it starts over (journal_size_limit). */
+#define WAL_KEEP_BYTES ((int64_t)2 * WAL_CHECKPOINT_BYTES)
+#define DROP_LOG_NS    (10 * 1000000000LL)
+#define FAULT_LOG_NS   (10 * 1000000000LL)
 /* A failing batch is retried after this, doubling up to RETRY_MAX_NS, for as long as the fault
  * lasts; only store_close gives up, after STOP_GIVE_UP_NS, so an exit is bounded. */
 #define RETRY_MIN_NS    (50 * 1000000LL)
@@ -230,6 +233,11 @@ int store_writer_prepare(store_t *s, const char *path, char **err) {
     store_vfs_set_pacer(s->writer_db, &s->pacer);
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA cache_size=-%d", WRITER_CACHE_KIB);
+    store_exec(s->writer_db, pragma);
+    /* A WAL that grew while a reader pinned it (hundreds of MB) is cut back to this when it
+     * starts over; without the limit SQLite keeps the file at its largest until the last
+     * connection closes. */
+    snprintf(pragma, sizeof pragma, "PRAGMA journal_size_limit=%lld", (long long)WAL_KEEP_BYTES);
     store_exec(s->writer_db, pragma);
     /* Replaces the autocheckpoint: the WAL is checkpointed by this thread, between batches. */
     sqlite3_wal_hook(s->writer_db, on_wal_commit, s);
@@ -573,7 +581,9 @@ static void checkpoint(store_t *s) {
     }
     fault_off(s, &s->checkpoint_fault, "the WAL checkpoint failure", 0);
     int64_t wal_bytes = (int64_t)log_frames * s->page_size;
-    if (wal_bytes > WAL_ALERT_BYTES) {
+    /* All of it copied, the WAL starts over at the next write (and shrinks to
+     * WAL_KEEP_BYTES): a large WAL is a problem only while part of it cannot be copied. */
+    if (wal_bytes > WAL_ALERT_BYTES && done_frames < log_frames) {
         snprintf(why, sizeof why, "the WAL holds %lld MB, %d of %d frames checkpointed",
                  (long long)(wal_bytes >> 20), done_frames, log_frames);
         fault_on(s, &s->wal_fault, "WAL too large", why, queued_rows(s), dropped_rows(s));

@@ -1,6 +1,6 @@
 """Store faults (issue 11, items 1 and 2): a database locked by another process, a tiny
 records queue, a read-only database at start, the database or its -shm made unwritable while
-the proxy runs. The proxy keeps answering, memory stays bounded, nothing inside the bound is
+the proxy runs, a reader that pins the WAL past 256 MB. The proxy keeps answering, memory stays bounded, nothing inside the bound is
 lost, and each fault is logged when it starts and when it ends (with what it cost), not once
 per batch."""
 
@@ -41,6 +41,42 @@ class Locker:
         assert line.strip() == "locked", line
 
     def wait_released(self, timeout=30):
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout)
+        assert line.strip() == "released", line
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+READER = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+c.execute("BEGIN")
+c.execute("SELECT count(*) FROM records").fetchall()
+print("reading", flush=True)
+sys.stdin.readline()
+c.execute("COMMIT")
+c.close()
+print("released", flush=True)
+"""
+
+
+class Reader:
+    """Another process in a read transaction until release(): the WAL frames after its
+    snapshot cannot be checkpointed, so the WAL grows."""
+
+    def __init__(self, db_path):
+        self.proc = subprocess.Popen([sys.executable, "-c", READER, str(db_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "reading", line
+
+    def release(self, timeout=30):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         self.proc.wait(timeout)
         assert line.strip() == "released", line
@@ -152,6 +188,44 @@ def test_locked_database_under_load(proxy, mock):
                % (rss_start, peak, rss_mb(pid)))
     print("RSS: start %.1f MB, peak %.1f MB under the lock, %.1f MB after the drain; %d "
           "requests" % (rss_start, peak, rss_mb(pid), answered))
+
+
+@pytest.mark.deadline(120)
+def test_wal_pinned_by_a_reader_is_reported_then_cut_back(proxy, mock):
+    # A reader that never ends pins the WAL: past 256 MB the writer says so (once), and once
+    # the reader is gone the WAL is checkpointed, starts over and is cut back on disk.
+    wal = str(proxy.db_path) + "-wal"
+    body = {"model": "wal", "messages": [{"role": "user", "content": "w" * (1 << 20)}]}
+    reader = Reader(proxy.db_path)
+    try:
+        for _ in range(600):
+            assert proxy.request("POST", CHAT, body, timeout=20).status == 200
+            if log_lines(proxy, "store: WAL too large"):
+                break
+        alerts = wait_until(lambda: log_lines(proxy, "store: WAL too large"), timeout=15,
+                            message="the WAL alert")
+        assert len(alerts) == 1 and "frames checkpointed" in alerts[0], alerts
+        assert os.path.getsize(wal) > 256 << 20
+        reader.release()
+    finally:
+        reader.kill()
+
+    def over():
+        if not log_lines(proxy, "the WAL size problem is over"):
+            proxy.request("POST", CHAT, body, timeout=20)  # writes: the next checkpoints
+            return None
+        return True
+
+    wait_until(over, timeout=60, message="the WAL problem's end")
+
+    def cut_back():
+        if os.path.getsize(wal) <= 32 << 20:
+            return True
+        proxy.request("POST", CHAT, {"model": "small"})  # the WAL starts over at a write
+        return None
+
+    wait_until(cut_back, timeout=30, message="the WAL cut back to 32 MB")
+    assert len(log_lines(proxy, "store: WAL too large")) == 1
 
 
 @pytest.mark.deadline(120)
