@@ -31,26 +31,6 @@ print("released", flush=True)
 """
 
 
-class Locker:
-    """Another process holding the database's write lock for `seconds`."""
-
-    def __init__(self, db_path, seconds):
-        self.proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db_path), str(seconds)],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.strip() == "locked", line
-
-    def wait_released(self, timeout=30):
-        line = self.proc.stdout.readline()
-        self.proc.wait(timeout)
-        assert line.strip() == "released", line
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 READER = r"""
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
@@ -64,19 +44,23 @@ print("released", flush=True)
 """
 
 
-class Reader:
-    """Another process in a read transaction until release(): the WAL frames after its
-    snapshot cannot be checkpointed, so the WAL grows."""
+class Holder:
+    """Another process holding something on the database: its script prints `ready` when it
+    holds it and "released" when it lets go (after its time, or a line on its stdin)."""
 
-    def __init__(self, db_path):
-        self.proc = subprocess.Popen([sys.executable, "-c", READER, str(db_path)],
+    def __init__(self, script, args, ready):
+        self.proc = subprocess.Popen([sys.executable, "-c", script] + [str(a) for a in args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
-        assert line.strip() == "reading", line
+        assert line.strip() == ready, line
 
     def release(self, timeout=30):
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
+        """Waits for "released"; a script that waits on its stdin is told to let go first."""
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
         line = self.proc.stdout.readline()
         self.proc.wait(timeout)
         assert line.strip() == "released", line
@@ -85,6 +69,17 @@ class Reader:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def Locker(db_path, seconds):
+    """The database's write lock, for `seconds`."""
+    return Holder(LOCKER, [db_path, seconds], "locked")
+
+
+def Reader(db_path):
+    """A read transaction until release(): the WAL frames after its snapshot cannot be
+    checkpointed, so the WAL grows."""
+    return Holder(READER, [db_path], "reading")
 
 
 def rss_mb(pid):
@@ -164,7 +159,7 @@ def test_locked_database_under_load(proxy, mock):
         while time.monotonic() < t_end:
             peak = max(peak, rss_mb(pid))
             time.sleep(0.1)
-        locker.wait_released()
+        locker.release()
     finally:
         locker.kill()
     answered = load.stop()
@@ -239,7 +234,7 @@ def test_tiny_queue_drops_are_counted_and_logged_once(proxy_factory, mock):
         for i in range(300):
             assert p.request("POST", CHAT, {"model": "tiny-%d" % i}).status == 200
             n += 1
-        locker.wait_released()
+        locker.release()
     finally:
         locker.kill()
     drop_lines = log_lines(p, "oldest record(s) dropped")
