@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "admin_internal.h"
+#include "fuzz_input.h"
 
 static int valid_utf8(const unsigned char *s, size_t n) {
     for (size_t i = 0; i < n;) {
@@ -109,10 +110,7 @@ static void check_id(const char *s, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > 65536) return 0;
-    char *in = malloc(size + 1);
-    if (!in) abort();
-    memcpy(in, data, size);
-    in[size] = '\0';
+    char *in = fuzz_text(data, size);
     check_body(in, size);
     check_wrapped(in, size);
     if (!memchr(in, '\0', size)) check_query(in);

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "route/auth.h"
+#include "fuzz_input.h"
 
 #define MAX_PAIRS 32
 
@@ -96,10 +97,7 @@ static void check_header(const auth_tokens_t *t, const char *h, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > 8192) return 0;
-    char *text = malloc(size + 1);
-    if (!text) abort();
-    memcpy(text, data, size);
-    text[size] = '\0';
+    char *text = fuzz_text(data, size);
     pairs_t p = {0};
     char *last_line = text;
     for (char *line = text; line && p.n < MAX_PAIRS;) {
