@@ -184,7 +184,8 @@ route_config_t *config_parse(config_lookup_fn get, void *ud, config_warn_fn warn
         }
         const char *v = stored_or_default(k, get, ud, warn, warn_ud);
         double d = k->dflt;
-        char err[8];
+        /* stored_or_default has checked v already; the message is not used here. */
+        char err[256];
         if (v) {
             if (k->type == T_BOOL) {
                 int b = 0;

@@ -128,7 +128,7 @@ struct store {
 
     /* Writer thread only (writer.c). */
     sqlite3 *writer_db;
-    sqlite3_stmt *w_record, *w_counts, *w_config, *w_begin, *w_commit, *w_rollback;
+    sqlite3_stmt *w_record, *w_record_group, *w_counts, *w_config, *w_begin, *w_commit, *w_rollback;
     sqlite3_stmt *w_version, *w_read_begin, *w_read_end, *w_sel_config, *w_sel_upstreams;
     int64_t data_version;
     int wal_pages;            /* WAL frames after the writer's last commit (its wal hook) */
@@ -184,6 +184,8 @@ int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out);
 /* Binds by type letters: s text (NULL binds NULL), S text + size_t length, i int64, t wall ns
  * as the Go database text. */
 int store_bind(sqlite3_stmt *st, const char *types, ...);
+/* store_bind from parameter `first` on (a row of a multi-row INSERT). */
+int store_bind_at(sqlite3_stmt *st, int first, const char *types, ...);
 sqlite3_stmt *store_query(sqlite3 *db, const char *sql, const char *types, ...);
 /* Runs a statement to completion; returns the SQLite result code (SQLITE_DONE on success). */
 int store_run(sqlite3 *db, const char *sql, const char *types, ...);

@@ -179,13 +179,16 @@ static double julian_day(int64_t wall_ns) {
 
 /* The filter's conditions, each a fixed fragment (values are bound, never spliced). The
  * equality ones lead an index of schema.c, (column, julianday(created_at)), that also gives
- * the listing's order, so a page reads only its own rows. */
-enum { C_MODEL, C_STATUS, C_UPSTREAM, C_SINCE, C_UNTIL, N_CONDS };
+ * the listing's order, so a page reads only its own rows. A status other than 200 says so
+ * in the SQL too: that is how SQLite knows the failures' partial index holds its rows. A 200
+ * has no index of its own: nearly every row is one, and the time index pages through them. */
+enum { C_MODEL, C_STATUS, C_FAILED, C_UPSTREAM, C_SINCE, C_UNTIL, N_CONDS };
 static const struct {
     const char *sql, *index; /* index: the one it leads, for the equality conditions */
 } conds[N_CONDS] = {
     [C_MODEL] = {"`model`=?", "idx_records_model"},
-    [C_STATUS] = {"`status`=?", "idx_records_status"},
+    [C_STATUS] = {"`status`=?", NULL},
+    [C_FAILED] = {"`status`=? AND `status`<>200", "idx_records_failed"},
     [C_UPSTREAM] = {"`upstream_id`=?", "idx_records_upstream_id"},
     [C_SINCE] = {"julianday(`created_at`)>=?", NULL},
     [C_UNTIL] = {"julianday(`created_at`)<?", NULL},
@@ -194,9 +197,9 @@ static const struct {
 
 static unsigned filter_conds(const store_record_filter_t *f) {
     if (!f) return 0;
-    return (f->model ? 1u << C_MODEL : 0) | (f->has_status ? 1u << C_STATUS : 0) |
-           (f->has_upstream_id ? 1u << C_UPSTREAM : 0) | (f->has_since ? 1u << C_SINCE : 0) |
-           (f->has_until ? 1u << C_UNTIL : 0);
+    unsigned status = !f->has_status ? 0 : f->status == 200 ? 1u << C_STATUS : 1u << C_FAILED;
+    return (f->model ? 1u << C_MODEL : 0) | status | (f->has_upstream_id ? 1u << C_UPSTREAM : 0) |
+           (f->has_since ? 1u << C_SINCE : 0) | (f->has_until ? 1u << C_UNTIL : 0);
 }
 
 /* " WHERE a AND b" of the conditions in mask (or ""). */
@@ -219,6 +222,7 @@ static int bind_conds(sqlite3_stmt *st, const store_record_filter_t *f, unsigned
             rc = sqlite3_bind_text(st, i++, f->model, -1, SQLITE_STATIC);
             break;
         case C_STATUS:
+        case C_FAILED:
             rc = sqlite3_bind_int(st, i++, f->status);
             break;
         case C_UPSTREAM:

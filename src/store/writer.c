@@ -5,9 +5,11 @@
  *
  * Group commit: each pass takes whatever is queued (up to WRITE_BATCH_MAX rows), the bumps
  * folded per upstream since the last pass, and the config values, and writes them in one
- * transaction with prepared BEGIN/COMMIT: one INSERT per row, one UPDATE per upstream. The
- * loop wakes the thread only when it was asleep on an empty queue. The queue is bounded
- * (records_queue_max): past it the oldest rows go, counted and reported at most every 10 s.
+ * transaction with prepared BEGIN/COMMIT: multi-row INSERTs of RECORD_GROUP rows (the tail
+ * of a batch, or a group with a row the database refuses, row by row), one UPDATE per
+ * upstream. The loop wakes the thread only when it was asleep on an empty queue. The queue
+ * is bounded (records_queue_max): past it the oldest rows go, counted and reported at most
+ * every 10 s.
  *
  * Faults: a batch that fails for a reason a retry can outlive (a lock, a full disk, a file
  * made unwritable) is rolled back and retried with backoff for as long as it lasts, the queue
@@ -68,6 +70,14 @@
  * request every 100 us) a wake-up per row would mean a transaction per row, the cost the issue
  * measured. A row waits at most this long for its commit (unless the batch fills first). */
 #define GROUP_COMMIT_NS (50 * 1000000LL)
+
+/* Rows per multi-row INSERT: one statement opens its cursors on the table and its six
+ * indexes once for all its rows, where a statement per row opens and closes them per row.
+ * 16 rows of ~1 KB take about as long as one pacing slice. */
+#define RECORD_GROUP      16
+#define RECORD_PARAMS     18 /* placeholders per row: RECORD_COLUMNS */
+#define RECORD_ROW_SQL    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+#define RECORD_INSERT_SQL "INSERT INTO `records` (" RECORD_COLUMNS ") VALUES "
 
 static void writer_pace(void *arg);
 
@@ -207,7 +217,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages) {
 
 int store_writer_prepare(store_t *s, const char *path, char **err) {
     static const char *const sql[] = {
-        "INSERT INTO `records` (" RECORD_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        RECORD_INSERT_SQL RECORD_ROW_SQL,
         /* Folded: ?1 successes, ?2 failures, ?3 the newest success (used when ?1 > 0), ?4 the
          * newest bump, ?5 the upstream. */
         "UPDATE `openai_upstreams` SET `success_count`=COALESCE(`success_count`,0)+?1,"
@@ -229,6 +239,11 @@ int store_writer_prepare(store_t *s, const char *path, char **err) {
                                   &s->w_version,    &s->w_read_begin,   &s->w_read_end,
                                   &s->w_sel_config, &s->w_sel_upstreams};
     if (!(s->writer_db = store_db_open(path, WRITER_BUSY_MS, err))) return -1;
+    char group_sql[sizeof RECORD_INSERT_SQL + RECORD_GROUP * sizeof RECORD_ROW_SQL];
+    size_t len = (size_t)snprintf(group_sql, sizeof group_sql, "%s", RECORD_INSERT_SQL);
+    for (int i = 0; i < RECORD_GROUP; i++)
+        len += (size_t)snprintf(group_sql + len, sizeof group_sql - len, "%s" RECORD_ROW_SQL,
+                                i ? "," : "");
     s->pacer = (store_pacer_t){.pace = writer_pace, .arg = s};
     store_vfs_set_pacer(s->writer_db, &s->pacer);
     char pragma[64];
@@ -246,6 +261,10 @@ int store_writer_prepare(store_t *s, const char *path, char **err) {
             store_set_err(err, s->writer_db);
             return -1;
         }
+    if (store_prepare(s->writer_db, group_sql, &s->w_record_group)) {
+        store_set_err(err, s->writer_db);
+        return -1;
+    }
     sqlite3_stmt *ps = store_query(s->writer_db, "PRAGMA page_size", "");
     int page_size = ps && sqlite3_step(ps) == SQLITE_ROW ? sqlite3_column_int(ps, 0) : 4096;
     sqlite3_finalize(ps);
@@ -282,9 +301,10 @@ void store_writer_stop(store_t *s) {
 }
 
 void store_writer_free(store_t *s) {
-    sqlite3_stmt *stmts[] = {s->w_record,   s->w_counts,     s->w_config,       s->w_begin,
-                             s->w_commit,   s->w_rollback,   s->w_version,      s->w_read_begin,
-                             s->w_read_end, s->w_sel_config, s->w_sel_upstreams};
+    sqlite3_stmt *stmts[] = {s->w_record,   s->w_record_group, s->w_counts,
+                             s->w_config,   s->w_begin,        s->w_commit,
+                             s->w_rollback, s->w_version,      s->w_read_begin,
+                             s->w_read_end, s->w_sel_config,   s->w_sel_upstreams};
     for (size_t i = 0; i < STORE_COUNT(stmts); i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(s->writer_db);
@@ -323,24 +343,40 @@ static int bind_time(sqlite3_stmt *st, int col, int64_t wall_ns) {
     return sqlite3_bind_text(st, col, text, (int)n, SQLITE_TRANSIENT);
 }
 
-static int write_record(store_t *s, const store_record_t *r) {
-    sqlite3_stmt *st = s->w_record;
+/* Binds r as the row whose placeholders start at first (1, 19, 37 ... in a group). */
+static int bind_record(sqlite3_stmt *st, int first, const store_record_t *r) {
     /* Empty strings, not NULL, as the Go program wrote them. */
-    int rc = store_bind(st, "stsSSisiisiiiiss", r->id, r->created_at, r->ip ?: "", r->body,
-                        text_len(r->body, r->body_len), r->response,
-                        text_len(r->response, r->response_len), r->elapsed_ns, r->model ?: "",
-                        (int64_t)r->status, r->upstream_id, r->upstream_endpoint ?: "",
-                        r->prompt_tokens, r->completion_tokens, r->total_tokens,
-                        r->response_time_ns, r->user_agent ?: "", r->error ?: "");
+    int rc = store_bind_at(st, first, "stsSSisiisiiiiss", r->id, r->created_at, r->ip ?: "",
+                           r->body, text_len(r->body, r->body_len), r->response,
+                           text_len(r->response, r->response_len), r->elapsed_ns, r->model ?: "",
+                           (int64_t)r->status, r->upstream_id, r->upstream_endpoint ?: "",
+                           r->prompt_tokens, r->completion_tokens, r->total_tokens,
+                           r->response_time_ns, r->user_agent ?: "", r->error ?: "");
     /* A count nobody reported is NULL, never a 0 that would read as "free". */
-    for (int col = 11; r->usage_missing && rc == SQLITE_OK && col <= 13; col++)
-        rc = sqlite3_bind_null(st, col);
+    for (int col = 10; r->usage_missing && rc == SQLITE_OK && col <= 12; col++)
+        rc = sqlite3_bind_null(st, first + col);
     if (rc == SQLITE_OK)
-        rc = r->cached_tokens >= 0 ? sqlite3_bind_int64(st, 17, r->cached_tokens)
-                                   : sqlite3_bind_null(st, 17);
+        rc = r->cached_tokens >= 0 ? sqlite3_bind_int64(st, first + 16, r->cached_tokens)
+                                   : sqlite3_bind_null(st, first + 16);
     if (rc == SQLITE_OK)
-        rc = r->reasoning_tokens >= 0 ? sqlite3_bind_int64(st, 18, r->reasoning_tokens)
-                                      : sqlite3_bind_null(st, 18);
+        rc = r->reasoning_tokens >= 0 ? sqlite3_bind_int64(st, first + 17, r->reasoning_tokens)
+                                      : sqlite3_bind_null(st, first + 17);
+    return rc;
+}
+
+static int write_record(store_t *s, const store_record_t *r) {
+    int rc = bind_record(s->w_record, 1, r);
+    if (rc == SQLITE_OK) rc = store_step_reset(s->w_record);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The RECORD_GROUP rows from r on in one statement. It is all or nothing (a failed statement
+ * undoes its own rows), so on a failure the caller writes the rows one by one. */
+static int write_record_group(store_t *s, const store_record_t *r) {
+    sqlite3_stmt *st = s->w_record_group;
+    int rc = SQLITE_OK;
+    for (int i = 0; i < RECORD_GROUP && rc == SQLITE_OK; i++, r = r->queue_next)
+        rc = bind_record(st, 1 + i * RECORD_PARAMS, r);
     if (rc == SQLITE_OK) rc = store_step_reset(st);
     return rc == SQLITE_DONE ? 0 : -1;
 }
@@ -498,6 +534,18 @@ static void writer_pace(void *arg) {
 
 /* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
  * why). Rows failing for a reason of their own are left out and counted as dropped. */
+/* One row on its own: 0, or the transient error that fails the batch; a row refused for
+ * good is counted in *bad and logged. */
+static int write_one(store_t *s, const store_record_t *r, size_t *bad) {
+    if (write_record(s, r) == 0) return 0;
+    int code = sqlite3_extended_errcode(s->writer_db);
+    if (transient(code)) return code;
+    (*bad)++;
+    route_log_limited(&s->lost_log, LOG_ERROR, "store: a record cannot be written: %s",
+                      sqlite3_errmsg(s->writer_db));
+    return 0;
+}
+
 static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
     sqlite3 *db = s->writer_db;
     int rc = store_step_reset(s->w_begin);
@@ -507,17 +555,21 @@ static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
     }
     size_t bad_rows = 0;
     int fail = 0;
-    for (const store_record_t *r = b->records; r && !fail; r = r->queue_next) {
+    for (const store_record_t *r = b->records; r && !fail;) {
         writer_pace(s);
-        if (write_record(s, r) == 0) continue;
-        int code = sqlite3_extended_errcode(db);
-        if (transient(code)) {
-            fail = code;
-        } else {
-            bad_rows++;
-            route_log_limited(&s->lost_log, LOG_ERROR, "store: a record cannot be written: %s",
-                              sqlite3_errmsg(db));
+        const store_record_t *group = r;
+        int n = 0;
+        for (; n < RECORD_GROUP && r; n++)
+            r = r->queue_next;
+        if (n == RECORD_GROUP && write_record_group(s, group) == 0) continue;
+        if (n == RECORD_GROUP && transient(sqlite3_extended_errcode(db))) {
+            fail = sqlite3_extended_errcode(db);
+            break;
         }
+        /* The tail of the batch, or a group with a row the database refuses (too big, say):
+         * one by one, so that only that row is lost. */
+        for (const store_record_t *g = group; g != r && !fail; g = g->queue_next)
+            fail = write_one(s, g, &bad_rows);
     }
     for (size_t i = 0; i < b->folded->n && !fail; i++)
         if (write_counts(s, &b->folded->items[i]) != 0 && transient(sqlite3_extended_errcode(db)))

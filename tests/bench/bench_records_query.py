@@ -74,7 +74,7 @@ def generate(binary, db, rows, now):
     if r.returncode != 0:
         sys.exit("cannot create the database: " + r.stderr)
     c = sqlite3.connect(str(db))
-    for name in ("idx_records_created_at", "idx_records_model", "idx_records_status",
+    for name in ("idx_records_created_at", "idx_records_model", "idx_records_failed",
                  "idx_records_upstream_id"):
         c.execute("DROP INDEX IF EXISTS %s" % name)
     rng = random.Random(42)
@@ -169,6 +169,11 @@ def cases(now):
         ("model (40% of rows)", "model=gpt-4o-mini", lambda r: r["Model"] == "gpt-4o-mini"),
         ("model (0.1% of rows)", "model=gpt-rare", lambda r: r["Model"] == "gpt-rare"),
         ("status=500 (1%)", "status=500", lambda r: r["Status"] == 500),
+        ("status=200 (96%: the time index)", "status=200", lambda r: r["Status"] == 200),
+        ("status=200 + since", "status=200&since=" + iso(now - 7 * DAY),
+         lambda r: r["Status"] == 200),
+        ("rare model + status=200", "model=gpt-rare&status=200",
+         lambda r: r["Model"] == "gpt-rare" and r["Status"] == 200),
         ("upstream_id=3", "upstream_id=3", lambda r: r["UpstreamID"] == 3),
         ("since 7 days ago", "since=" + iso(now - 7 * DAY), None),
         ("one hour 15 days ago", "since=%s&until=%s" % (iso(mid), iso(mid + 3600)), None),

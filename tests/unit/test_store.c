@@ -93,7 +93,7 @@ static void test_schema(void) {
                           "type='index' AND name LIKE 'idx%' ORDER BY name)",
                           text, sizeof text),
                  "idx_config_kvs_deleted_at,idx_openai_upstreams_deleted_at,"
-                 "idx_records_created_at,idx_records_model,idx_records_status,"
+                 "idx_records_created_at,idx_records_failed,idx_records_model,"
                  "idx_records_upstream_id,idx_sk_endpoint") == 0);
     CHECK(strcmp(raw_text(path, "SELECT group_concat(name) FROM pragma_table_info('records')", text,
                           sizeof text),
@@ -559,6 +559,39 @@ static void test_bounded_drop(void) {
                  "1") == 0);
 }
 
+/* Rows go in multi-row INSERTs of 16: a row the database refuses (here a duplicate id) fails
+ * its whole group, and the group's other rows are then written one by one: only that row is
+ * lost (counted as dropped), the rows of the other groups and the tail are all there. */
+static void test_refused_row_in_a_group(void) {
+    char path[256], text[64];
+    db_path(path, sizeof path, "group.sqlite");
+    store_t *s = open_ok(path);
+    sqlite3 *lock = hold_write_lock(path);
+    store_record_t *first = store_record_new();
+    first->status = 1;
+    store_loop_record(s, first);
+    CHECK(queue_taken(s));
+    char dup_id[37] = "";
+    for (int i = 0; i < 40; i++) { /* two groups of 16 and a tail of 8 */
+        store_record_t *r = store_record_new();
+        r->status = 100 + i;
+        if (i == 20) strcpy(dup_id, r->id);
+        if (i == 25) strcpy(r->id, dup_id); /* in the second group */
+        store_loop_record(s, r);
+    }
+    release_write_lock(lock);
+    store_close(s);
+    CHECK(strcmp(raw_text(path,
+                          "SELECT count(*) || ',' || sum(status) FROM records WHERE status >= 100",
+                          text, sizeof text),
+                 "39,4655") == 0); /* 100..139 but 125: 4780 - 125 */
+    CHECK(
+        strcmp(raw_text(path, "SELECT count(*) FROM records WHERE status = 125", text, sizeof text),
+               "0") == 0);
+    CHECK((s = open_ok(path)) != NULL);
+    store_close(s);
+}
+
 /* The byte bound: with 20 KB bodies and a 1 MiB cap, the queue holds about 50 rows whatever
  * the row bound says, the oldest go first, and a single row over the cap is still kept. */
 static void test_bounded_bytes(void) {
@@ -777,6 +810,7 @@ int main(void) {
     test_migration();
     test_folding();
     test_bounded_drop();
+    test_refused_row_in_a_group();
     test_bounded_bytes();
     test_no_flip_back();
     test_external_change_async();
