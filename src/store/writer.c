@@ -515,12 +515,14 @@ static int files_writable(store_t *s, char *why, size_t cap) {
  * WAL, a checkpoint (20 ms and more). On a core shared with the loop, a request that arrives
  * meanwhile waits for the scheduler to preempt this thread, up to a slice (0.75 to 3 ms: the
  * benchmark's -c1 p99), whatever its nice value. So the writer offers the core every
- * WRITER_SLICE_NS, between rows and before each file write (the VFS's pacer): when the loop is
- * runnable it goes first, when it is not sched_yield returns at once. Only while the writer
- * keeps up: past WRITER_YIELD_BACKLOG rows queued behind the batch it stops yielding and takes
- * its scheduler share (measured on one saturated core, yielding always let the queue pass its
- * bound and drop 40% of the rows). The backlog then settles near that mark, never past it for
- * want of CPU. */
+ * WRITER_SLICE_NS, between rows, between frees and before each file write (the VFS's pacer):
+ * when the loop is runnable it goes first, when it is not sched_yield returns at once. Only
+ * while the writer keeps up: past WRITER_YIELD_BACKLOG rows queued behind the batch it stops
+ * yielding and takes its scheduler share (measured on one saturated core, yielding always let
+ * the queue pass its bound and drop 40% of the rows). The backlog then settles near that mark,
+ * never past it for want of CPU. The loop offering the core back (a uv_check that yields
+ * while a batch is in hand) was tried: the -c32 JSON p99 went from 5.2 to 3.3 ms, but SSE at
+ * full load lost 10 to 20% of its rate to the switches. */
 #define WRITER_SLICE_NS      (100 * 1000LL)
 #define WRITER_YIELD_BACKLOG 2048
 
@@ -532,8 +534,6 @@ static void writer_pace(void *arg) {
     s->slice_start_ns = util_now_mono_ns();
 }
 
-/* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
- * why). Rows failing for a reason of their own are left out and counted as dropped. */
 /* One row on its own: 0, or the transient error that fails the batch; a row refused for
  * good is counted in *bad and logged. */
 static int write_one(store_t *s, const store_record_t *r, size_t *bad) {
@@ -546,6 +546,8 @@ static int write_one(store_t *s, const store_record_t *r, size_t *bad) {
     return 0;
 }
 
+/* 0 committed; else the SQLite code of a failure a retry may outlive (rolled back, detail in
+ * why). Rows failing for a reason of their own are left out and counted as dropped. */
 static int write_batch(store_t *s, const batch_t *b, char *why, size_t cap) {
     sqlite3 *db = s->writer_db;
     int rc = store_step_reset(s->w_begin);
@@ -689,9 +691,11 @@ static void finish_batch(store_t *s, batch_t *b) {
         s->late_total += late;
         pthread_mutex_unlock(&s->queue_mu);
     }
+    /* Thousands of frees after a large batch are a millisecond: paced like the rows. */
     for (store_record_t *next; b->records; b->records = next) {
         next = b->records->queue_next;
         store_record_free(b->records);
+        writer_pace(s);
     }
     while (b->config) {
         config_item_t *it = b->config;
