@@ -839,7 +839,8 @@ static void proxy_finish(proxy_req_t *p, int record) {
          * the row or veto it). */
         store_t *store = p->ctx->store;
         records_count(store, &res);
-        store_record_t *rec = store ? records_build(&p->rreq, &res) : NULL;
+        store_record_t *rec =
+            store ? records_build(&p->rreq, &res, config_current(p->ctx)->records_bodies) : NULL;
         if (store && !rec) route_log(LOG_ERROR, "proxy: out of memory, record %s lost", p->rreq.id);
         hooks_on_response(p->ctx->hooks, &p->rreq, &res, &rec);
         if (rec) store_loop_record(store, rec);

@@ -20,17 +20,18 @@ typedef struct {
     size_t field; /* offsetof the store_record_t field */
 } piece_t;
 
-store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
+store_record_t *records_build(const route_req_t *req, const route_res_t *res, int with_bodies) {
     const http_request_t *hr = req->http;
     size_t body_len = 0;
-    const char *body = http_request_body(hr, &body_len);
+    const char *body = with_bodies ? http_request_body(hr, &body_len) : NULL;
+    size_t content_len = with_bodies && res->content ? res->content_len : 0;
     const char *ip = http_request_client_ip(hr);
     const char *model = req->model ? req->model : res->model ? res->model : http_request_path(hr);
     const route_header_t *ua = http_request_header(hr, "user-agent");
     piece_t pieces[] = {
         {ip, ip ? strlen(ip) : 0, offsetof(store_record_t, ip)},
         {body, body_len, offsetof(store_record_t, body)},
-        {res->content, res->content ? res->content_len : 0, offsetof(store_record_t, response)},
+        {res->content, content_len, offsetof(store_record_t, response)},
         {model, model ? strlen(model) : 0, offsetof(store_record_t, model)},
         {res->upstream_endpoint, res->upstream_endpoint ? strlen(res->upstream_endpoint) : 0,
          offsetof(store_record_t, upstream_endpoint)},
@@ -55,7 +56,7 @@ store_record_t *records_build(const route_req_t *req, const route_res_t *res) {
         o += pieces[i].n + 1;
     }
     r->body_len = r->body ? body_len : 0;
-    r->response_len = r->response ? res->content_len : 0;
+    r->response_len = r->response ? content_len : 0;
     r->status = res->status;
     r->upstream_id = res->upstream_id;
     r->usage_missing = !res->has_usage;

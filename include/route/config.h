@@ -28,6 +28,7 @@ typedef struct route_config {
     int64_t records_queue_max;
     int64_t records_queue_max_mb;
     int64_t records_retention_days; /* 0: keep every row */
+    int records_bodies;             /* 1: the request body and the response text go in the row */
     int metrics_public;
     int access_log; /* 1: one line per request on stderr */
     /* 1: a stream to chat/completions or completions asks the upstream for its usage chunk

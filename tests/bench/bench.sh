@@ -35,6 +35,8 @@
 #                 folder)
 #       quiet     the same with `-set access_log=0`: route vs quiet is the access log's cost
 #                 (metrics have no switch: they are always on, as in nginx and HAProxy)
+#       meta      as quiet, with `-set records_bodies=0`: rows without the request body and
+#                 the response text; quiet vs meta is what those texts cost
 #       unrec     as quiet, with tests/bench/unrecorded_scripts (the default authorize and
 #                 pick_upstream, every row vetoed): quiet vs unrecorded is the records' cost
 #       engine    openai-api-route with tests/bench/engine_scripts (hooks that return at once,
@@ -156,9 +158,9 @@ wait_port() { # PORT NAME
     exit 1
 }
 
-read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced p_quiet p_unrec < <("$py" -c '
+read -r p_mock p_paced p_nginx p_haproxy p_route p_engine p_route_paced p_quiet p_unrec p_meta < <("$py" -c '
 import socket
-ss = [socket.socket() for _ in range(9)]
+ss = [socket.socket() for _ in range(10)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -249,7 +251,7 @@ EOF
 }
 
 mkdir -p "$work/mock" "$work/nginx" "$work/route-db" "$work/engine-db" "$work/paced-db" \
-    "$work/quiet-db" "$work/unrec-db" "$work/none" "$work/runs"
+    "$work/quiet-db" "$work/unrec-db" "$work/meta-db" "$work/none" "$work/runs"
 nginx_conf "$work/mock" 4096 "    server {
         listen 127.0.0.1:$p_mock backlog=4096;
 $(cat "$work/mock.conf")
@@ -299,6 +301,9 @@ route_db "$work/engine-db" "http://127.0.0.1:$p_mock/v1"
 route_db "$work/paced-db" "http://127.0.0.1:$p_paced/v1"
 route_db "$work/quiet-db" "http://127.0.0.1:$p_mock/v1"
 "$bin" -database "$work/quiet-db/db.sqlite" -set access_log=0 >/dev/null
+route_db "$work/meta-db" "http://127.0.0.1:$p_mock/v1"
+"$bin" -database "$work/meta-db/db.sqlite" -set access_log=0 >/dev/null
+"$bin" -database "$work/meta-db/db.sqlite" -set records_bodies=0 >/dev/null
 route_db "$work/unrec-db" "http://127.0.0.1:$p_mock/v1"
 "$bin" -database "$work/unrec-db/db.sqlite" -set access_log=0 >/dev/null
 # Room for every idle stream whatever the fd limit (the default max_connections is 10,000).
@@ -313,6 +318,7 @@ start haproxy "${proxy_core[@]}" haproxy -db -f "$work/haproxy.cfg"
 start route "${proxy_core[@]}" "$bin" -database "$work/route-db/db.sqlite" -addr "127.0.0.1:$p_route" -scripts "$work/none"
 start engine "${proxy_core[@]}" "$bin" -database "$work/engine-db/db.sqlite" -addr "127.0.0.1:$p_engine" -scripts "$here/engine_scripts"
 start quiet "${proxy_core[@]}" "$bin" -database "$work/quiet-db/db.sqlite" -addr "127.0.0.1:$p_quiet" -scripts "$work/none"
+start meta "${proxy_core[@]}" "$bin" -database "$work/meta-db/db.sqlite" -addr "127.0.0.1:$p_meta" -scripts "$work/none"
 start unrec "${proxy_core[@]}" "$bin" -database "$work/unrec-db/db.sqlite" -addr "127.0.0.1:$p_unrec" -scripts "$here/unrecorded_scripts"
 start route_paced "${proxy_core[@]}" "$bin" -database "$work/paced-db/db.sqlite" -addr "127.0.0.1:$p_route_paced" -scripts "$work/none"
 wait_port "$p_mock" mock
@@ -322,13 +328,14 @@ wait_port "$p_haproxy" haproxy
 wait_port "$p_route" route
 wait_port "$p_engine" engine
 wait_port "$p_quiet" quiet
+wait_port "$p_meta" meta
 wait_port "$p_unrec" unrec
 wait_port "$p_route_paced" route_paced
 
-targets=(direct nginx haproxy route quiet unrec engine)
-declare -A port=([direct]=$p_mock [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route [quiet]=$p_quiet [unrec]=$p_unrec [engine]=$p_engine)
+targets=(direct nginx haproxy route quiet meta unrec engine)
+declare -A port=([direct]=$p_mock [nginx]=$p_nginx [haproxy]=$p_haproxy [route]=$p_route [quiet]=$p_quiet [meta]=$p_meta [unrec]=$p_unrec [engine]=$p_engine)
 # The process whose CPU and memory count: the nginx worker, not its master.
-declare -A measured=([nginx]="" [haproxy]=${pid[haproxy]} [route]=${pid[route]} [quiet]=${pid[quiet]} [unrec]=${pid[unrec]} [engine]=${pid[engine]})
+declare -A measured=([nginx]="" [haproxy]=${pid[haproxy]} [route]=${pid[route]} [quiet]=${pid[quiet]} [meta]=${pid[meta]} [unrec]=${pid[unrec]} [engine]=${pid[engine]})
 child_of() { # PID: the first process whose parent is PID (from /proc: no procps needed)
     local d
     for d in /proc/[0-9]*; do
@@ -344,7 +351,7 @@ done
 [ -n "${measured[nginx]}" ] || { echo "bench.sh: no nginx worker under PID ${pid[nginx]}" >&2; exit 1; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-for t in nginx haproxy route quiet unrec engine; do
+for t in nginx haproxy route quiet meta unrec engine; do
     echo "idle_kib=$(status_kib "${measured[$t]}" VmRSS)" >"$work/runs/mem.$t"
 done
 
@@ -395,7 +402,7 @@ for r in $(seq "$rounds"); do
     done
     echo "bench.sh: round $r of $rounds done" >&2
 done
-for t in nginx haproxy route quiet unrec engine; do
+for t in nginx haproxy route quiet meta unrec engine; do
     echo "hwm_kib=$(status_kib "${measured[$t]}" VmHWM)" >>"$work/runs/mem.$t"
 done
 

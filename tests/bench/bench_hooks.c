@@ -145,7 +145,7 @@ int main(void) {
             store_record_t *rec = NULL;
             if (!hooks_only) {
                 records_count(ctx.store, &res);
-                rec = records_build(&req, &res);
+                rec = records_build(&req, &res, 1);
             }
             hooks_on_response(h, &req, &res, &rec);
             if (rec) store_loop_record(ctx.store, rec);

@@ -13,13 +13,14 @@ import statistics
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "haproxy", "route", "quiet", "unrec", "engine"]
+TARGETS = ["direct", "nginx", "haproxy", "route", "quiet", "meta", "unrec", "engine"]
 LABELS = {
     "direct": "direct to the mock (ceiling)",
     "nginx": "nginx `proxy_pass`, 1 worker, keepalive pool, `proxy_buffering off`",
     "haproxy": "HAProxy, `nbthread 1`, `http-reuse always`, `option http-no-delay`",
     "route": "openai-api-route, default hooks + recording (+ metrics, access log; force_stream_usage=0)",
     "quiet": "openai-api-route, the same with the access log off (`access_log=0`)",
+    "meta": "openai-api-route, the same with rows without the texts (`records_bodies=0`)",
     "unrec": "openai-api-route, the same with every row vetoed (default authorize and pick in C)",
     "engine": "openai-api-route, engine alone (hooks return at once, no records)",
 }
@@ -161,6 +162,7 @@ def main():
 
     lines += cost("The access log's cost", "it", "route", "quiet")
     lines += cost("The records' cost, the access log off in both", "them", "quiet", "unrec")
+    lines += cost("The texts' cost in the records (body and response)", "them", "quiet", "meta")
 
     lines += ["", "## One connection (`wrk -t1 -c1`, JSON)", ""]
     d50, d99 = m("c1", "direct", "json", "p50"), m("c1", "direct", "json", "p99")

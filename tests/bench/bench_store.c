@@ -7,7 +7,8 @@
  * rows/s written (first queued to last committed), the producer's cost per row, drops.
  *
  * Build: cmake --build build --target bench_store
- * Run:   ./build/tests/bench_store [rows (default 200000)] [database path (default a temp file)]
+ * Run:   ./build/tests/bench_store [--no-bodies] [rows (default 200000)] [database path (default
+ *         a temp file)]; --no-bodies: rows as records_bodies=0 writes them (no body, no response)
  * The target (issue 8) is >= 200,000 rows/s. Not a ctest test: the figure depends on the
  * machine and its load. */
 #include <pthread.h>
@@ -24,6 +25,7 @@
 typedef struct bench {
     store_t *store;
     size_t rows;
+    int bodies; /* 0: --no-bodies */
     int64_t upstreams[2];
     int64_t produce_ns;
 } bench_t;
@@ -77,10 +79,12 @@ static void *produce(void *arg) {
         if (!r) abort();
         int64_t up = b->upstreams[i & 1];
         r->ip = strdup("203.0.113.7");
-        r->body = dup_n(BODY, sizeof BODY - 1);
-        r->body_len = sizeof BODY - 1;
-        r->response = dup_n(RESPONSE, sizeof RESPONSE - 1);
-        r->response_len = sizeof RESPONSE - 1;
+        if (b->bodies) {
+            r->body = dup_n(BODY, sizeof BODY - 1);
+            r->body_len = sizeof BODY - 1;
+            r->response = dup_n(RESPONSE, sizeof RESPONSE - 1);
+            r->response_len = sizeof RESPONSE - 1;
+        }
         r->model = strdup("gpt-4o-mini");
         r->upstream_endpoint = strdup(i & 1 ? "https://b.example/v1" : "https://a.example/v1");
         r->user_agent = strdup("OpenAI/Python 1.35.0");
@@ -99,7 +103,13 @@ static void *produce(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    bench_t b = {.rows = argc > 1 ? strtoul(argv[1], NULL, 10) : 200000};
+    bench_t b = {.bodies = 1};
+    if (argc > 1 && strcmp(argv[1], "--no-bodies") == 0) {
+        b.bodies = 0;
+        argv++;
+        argc--;
+    }
+    b.rows = argc > 1 ? strtoul(argv[1], NULL, 10) : 200000;
     char dir[] = "/tmp/bench-store-XXXXXX", path[300];
     if (argc > 2) {
         snprintf(path, sizeof path, "%s", argv[2]);
@@ -158,7 +168,7 @@ int main(int argc, char **argv) {
 
     double n = (double)(b.rows ? b.rows : 1);
     printf("bench_store: %zu rows (%zu-byte body, %zu-byte response), each with a counter bump\n",
-           b.rows, sizeof BODY - 1, sizeof RESPONSE - 1);
+           b.rows, b.bodies ? sizeof BODY - 1 : 0, b.bodies ? sizeof RESPONSE - 1 : 0);
     printf("  streaming: %.0f rows/s written (%.3f s first queued to last committed; "
            "process CPU %.2f us/row; producer %.0f ns/row)\n",
            n / ((double)stream_ns / 1e9), (double)stream_ns / 1e9, stream_cpu * 1e6 / n,

@@ -9,6 +9,8 @@
 - hook_time_limit_ms stops a hook that is slow but under its instruction budget: a 500, and
   the proxy keeps serving.
 - The same token list is accepted by /v1 and /admin/login for every trimming case.
+- records_bodies=0: rows keep everything but the request body and the response text, for JSON
+  and streams; hooks still see both; switching it back applies to the next request.
 
 Counters and rows are compared exactly after a SIGTERM, which writes every queued item."""
 
@@ -333,3 +335,44 @@ def test_example_observe(tmp_path, mock_a):
     assert rows[1]["error"].startswith("slow: ")
     # The vetoed /v1/models exchange still counted.
     assert counters(p.db_path)[1][:2] == (3, 0)
+
+
+def test_records_bodies_off_keeps_the_row_without_the_texts(proxy_factory, tmp_path):
+    from mock_upstream import ChatStream
+    mock = MockUpstream("m").start()
+    try:
+        scripts = tmp_path / "scripts"
+        scripts.mkdir()
+        # The hook sees both texts whatever the row keeps: it copies their sizes to the error.
+        (scripts / "route.lua").write_text(textwrap.dedent("""
+            return {
+              on_response = function(req, res)
+                res.record.error = "body=" .. #req.body .. " content=" .. #(res.content or "")
+              end,
+            }
+        """))
+        p = proxy_factory(upstreams=[("sk-up", mock.endpoint())], scripts_dir=str(scripts),
+                          config={"records_bodies": "0", "force_stream_usage": "0"})
+        assert p.chat("secret prompt", model="gpt-x").status == 200
+        mock.set("/v1/chat/completions", ChatStream(["Hel", "lo"], usage=(3, 2, 5)))
+        reply = p.chat("secret stream", model="gpt-y", stream=True)
+        assert reply.status == 200 and b"Hel" in reply.body
+        rows = p.wait_for_records(2)
+        for row, model in zip(rows, ("gpt-x", "gpt-y")):
+            assert row["body"] == "" and row["response"] == "", row
+            assert row["model"] == model and row["status"] == 200 and row["upstream_id"] == 1
+            assert row["error"].startswith("body=") and " content=0" not in row["error"], row
+        assert rows[1]["prompt_tokens"] == 3 and rows[1]["total_tokens"] == 5
+        for path in (str(p.db_path), str(p.db_path) + "-wal"):
+            try:
+                with open(path, "rb") as f:
+                    assert b"secret" not in f.read(), path
+            except FileNotFoundError:
+                pass
+        # Back on: the next request's row has both again.
+        p.set_config("records_bodies", "1")
+        assert p.chat("kept prompt", model="gpt-z").status == 200
+        row = p.wait_for_records(3)[2]
+        assert "kept prompt" in row["body"] and row["response"], row
+    finally:
+        mock.stop()

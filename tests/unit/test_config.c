@@ -52,6 +52,7 @@ static void test_defaults_agree_with_the_table(void) {
     CHECK(d->records_queue_max_mb == parsed->records_queue_max_mb && d->records_queue_max_mb == 64);
     CHECK(d->records_retention_days == parsed->records_retention_days &&
           d->records_retention_days == 0);
+    CHECK(d->records_bodies == parsed->records_bodies && d->records_bodies == 1);
     CHECK(d->metrics_public == parsed->metrics_public && d->metrics_public == 0);
     CHECK(strcmp(d->policy, parsed->policy) == 0 && strcmp(d->policy, "main") == 0);
     CHECK(strcmp(d->forward_headers, parsed->forward_headers) == 0);

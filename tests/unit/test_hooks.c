@@ -157,7 +157,7 @@ static void pick(hooks_t *h, const char *model, char *out, size_t cap) {
  * on_response observes (may add to it or veto it), the row is written, the request ends. */
 static void finish(hooks_t *h, fake_t *f, const route_res_t *res) {
     records_count(ctx.store, res);
-    store_record_t *rec = records_build(&f->req, res);
+    store_record_t *rec = records_build(&f->req, res, 1);
     CHECK(rec != NULL);
     hooks_on_response(h, &f->req, res, &rec);
     if (rec) store_loop_record(ctx.store, rec);
@@ -1071,7 +1071,7 @@ static void test_c_defaults_called_natively(void) {
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
     CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0 && n >= 2);
     route_res_t ok = {.status = 200, .upstream_id = c[0].id};
-    store_record_t *rec = records_build(&f->req, &ok);
+    store_record_t *rec = records_build(&f->req, &ok, 1);
     hooks_on_response(h, &f->req, &ok, &rec);
     CHECK(rec != NULL); /* kept, untouched */
     route_res_t failed = {.status = 502, .error = "all upstreams failed"};
@@ -1124,7 +1124,7 @@ static void test_c_defaults_called_natively(void) {
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
     CHECK(hooks_pick_upstream(h, &f->req, &c, &n, &m) == 0 && n >= 2);
     CHECK(f->req.obj_ref == 0);
-    rec = records_build(&f->req, &failed);
+    rec = records_build(&f->req, &failed, 1);
     hooks_on_response(h, &f->req, &failed, &rec); /* the wrapper: in Lua */
     CHECK(rec != NULL && f->req.obj_ref > 0);
     store_record_free(rec);
@@ -1190,7 +1190,7 @@ static void test_c_defaults_called_natively(void) {
                                    "  return true end }\n"));
     f = fake_new("Bearer tok-one", "{}", NULL);
     CHECK(hooks_authorize(h, &f->req, &st, &m) == 1);
-    rec = records_build(&f->req, &ok);
+    rec = records_build(&f->req, &ok, 1);
     hooks_on_response(h, &f->req, &ok, &rec);
     CHECK(rec == NULL && f->req.recorded_own);
     hooks_release(h, &f->req);
