@@ -71,7 +71,7 @@
  * measured. A row waits at most this long for its commit (unless the batch fills first). */
 #define GROUP_COMMIT_NS (50 * 1000000LL)
 
-/* Rows per multi-row INSERT: one statement opens its cursors on the table and its six
+/* Rows per multi-row INSERT: one statement opens its cursors on the table and its five
  * indexes once for all its rows, where a statement per row opens and closes them per row.
  * 16 rows of ~1 KB take about as long as one pacing slice. */
 #define RECORD_GROUP      16
