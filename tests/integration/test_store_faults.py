@@ -1,6 +1,7 @@
 """Store faults (issue 11, items 1 and 2): a database locked by another process, a tiny
 records queue, a read-only database at start, the database or its -shm made unwritable while
-the proxy runs, a reader that pins the WAL past 256 MB. The proxy keeps answering, memory stays bounded, nothing inside the bound is
+the proxy runs, a reader that pins the WAL past 256 MB, a full disk, a checkpoint that fails
+for want of room. The proxy keeps answering, memory stays bounded, nothing inside the bound is
 lost, and each fault is logged when it starts and when it ends (with what it cost), not once
 per batch."""
 
@@ -352,6 +353,57 @@ def test_disk_full_under_load(proxy_factory, mock, tmp_path):
         dropped = int(ended[0].split(" written late, ")[1].split(" dropped")[0])
         wait_until(lambda: count_records(p) - before + dropped >= answered, timeout=30,
                    message="the queue to drain (%d answered, %s)" % (answered, ended))
+    finally:
+        if p is not None:
+            p.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.deadline(150)
+def test_checkpoint_failing_on_a_full_disk_is_reported_then_over(proxy_factory, mock, tmp_path):
+    """On a 24 MB tmpfs the WAL has room for its 16 MB, but the database file not for the
+    16 MB a checkpoint copies into it: the checkpoint fails (SQLITE_FULL) and says so once,
+    while requests are still answered. Once there is room (the tmpfs grown) the checkpoint's
+    end is logged and every answered request has its row."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
+    p = None
+    try:
+        p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())],
+                          db_path=mnt / "db.sqlite")
+        before = count_records(p)
+        body = {"model": "ckpt", "messages": [{"role": "user", "content": "c" * (256 << 10)}]}
+        answered = 0
+        # 256 KB rows: 64 fill the WAL's 16 MB; the 64 MB queue would hold 250 while writes
+        # fail, so none is dropped.
+        for _ in range(150):
+            assert p.request("POST", CHAT, body, timeout=20).status == 200
+            answered += 1
+            if log_lines(p, "store: WAL checkpoint failing"):
+                break
+        alerts = wait_until(lambda: log_lines(p, "store: WAL checkpoint failing"), timeout=15,
+                            message="the checkpoint failure to be logged")
+        assert len(alerts) == 1 and "the disk is full" in alerts[0], alerts
+        assert p.alive(), p.stderr_text()[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
+
+        def over():
+            if not log_lines(p, "the WAL checkpoint failure is over"):
+                nonlocal answered
+                assert p.request("POST", CHAT, body, timeout=20).status == 200
+                answered += 1
+                return None
+            return True
+
+        wait_until(over, timeout=60, message="the checkpoint failure's end")
+        assert len(log_lines(p, "store: WAL checkpoint failing")) == 1
+        assert not log_lines(p, "dropped unwritten")
+        wait_until(lambda: count_records(p) - before >= answered, timeout=30,
+                   message="every answered request's row (%d)" % answered)
+        assert count_records(p) - before == answered
     finally:
         if p is not None:
             p.stop()
