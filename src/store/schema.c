@@ -158,14 +158,6 @@ static int bindv(sqlite3_stmt *st, int first, const char *types, va_list ap) {
     return rc;
 }
 
-int store_bind(sqlite3_stmt *st, const char *types, ...) {
-    va_list ap;
-    va_start(ap, types);
-    int rc = bindv(st, 1, types, ap);
-    va_end(ap);
-    return rc;
-}
-
 int store_bind_at(sqlite3_stmt *st, int first, const char *types, ...) {
     va_list ap;
     va_start(ap, types);

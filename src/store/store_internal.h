@@ -183,7 +183,7 @@ int store_create_schema(sqlite3 *db, char **err);
 int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out);
 /* Binds by type letters: s text (NULL binds NULL), S text + size_t length, i int64, t wall ns
  * as the Go database text. */
-int store_bind(sqlite3_stmt *st, const char *types, ...);
+#define store_bind(st, ...) store_bind_at((st), 1, __VA_ARGS__)
 /* store_bind from parameter `first` on (a row of a multi-row INSERT). */
 int store_bind_at(sqlite3_stmt *st, int first, const char *types, ...);
 sqlite3_stmt *store_query(sqlite3 *db, const char *sql, const char *types, ...);

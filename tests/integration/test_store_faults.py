@@ -142,6 +142,28 @@ def log_lines(proxy, needle):
     return [l for l in proxy.stderr_text().splitlines() if needle in l]
 
 
+class SmallTmpfs:
+    """A tmpfs of `size` mounted by the test (as root) at tmp_path/small, for a database that
+    runs out of room; grow() makes room; the with block unmounts it. Skips where mounting is
+    not allowed."""
+
+    def __init__(self, tmp_path, size):
+        self.path = tmp_path / "small"
+        self.path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs",
+                           str(self.path)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
+
+    def grow(self, size):
+        subprocess.run(["mount", "-o", "remount,size=" + size, str(self.path)], check=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
 @pytest.fixture
 def proxy(proxy_factory, mock):
     return proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())])
@@ -327,36 +349,29 @@ def test_disk_full_under_load(proxy_factory, mock, tmp_path):
     """The database on a 2 MiB tmpfs (made by the test, as root): once it is full every
     request is still answered, the fault is logged once (not once per batch: the issue saw
     378,860 lines in 25 s), and when room is made (the tmpfs grown) the queue drains."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
-    p = None
-    try:
+    with SmallTmpfs(tmp_path, "2m") as fs:
         p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())],
-                          db_path=mnt / "db.sqlite")
-        before = count_records(p)
-        load = Load(p)
-        wait_until(lambda: log_lines(p, "the disk is full"), timeout=30,
-                   message="the disk-full fault to be logged")
-        time.sleep(3)  # under load while full: the number of log lines is what is checked
-        assert p.alive(), p.stderr_text()[-3000:]
-        store_lines = [l for l in p.stderr_text().splitlines() if "store:" in l]
-        assert len(store_lines) <= 4, store_lines
-        subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
-        answered = load.stop()
-        assert not load.errors, load.errors[:5]
-        assert set(load.statuses) == {200}, set(load.statuses)
-        ended = wait_until(lambda: log_lines(p, "the write failure is over"), timeout=30,
-                           message="the end of the fault to be logged")
-        dropped = int(ended[0].split(" written late, ")[1].split(" dropped")[0])
-        wait_until(lambda: count_records(p) - before + dropped >= answered, timeout=30,
-                   message="the queue to drain (%d answered, %s)" % (answered, ended))
-    finally:
-        if p is not None:
+                          db_path=fs.path / "db.sqlite")
+        try:
+            before = count_records(p)
+            load = Load(p)
+            wait_until(lambda: log_lines(p, "the disk is full"), timeout=30,
+                       message="the disk-full fault to be logged")
+            time.sleep(3)  # under load while full: the number of log lines is what is checked
+            assert p.alive(), p.stderr_text()[-3000:]
+            store_lines = [l for l in p.stderr_text().splitlines() if "store:" in l]
+            assert len(store_lines) <= 4, store_lines
+            fs.grow("256m")
+            answered = load.stop()
+            assert not load.errors, load.errors[:5]
+            assert set(load.statuses) == {200}, set(load.statuses)
+            ended = wait_until(lambda: log_lines(p, "the write failure is over"), timeout=30,
+                               message="the end of the fault to be logged")
+            dropped = int(ended[0].split(" written late, ")[1].split(" dropped")[0])
+            wait_until(lambda: count_records(p) - before + dropped >= answered, timeout=30,
+                       message="the queue to drain (%d answered, %s)" % (answered, ended))
+        finally:
             p.stop()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.deadline(150)
@@ -365,46 +380,39 @@ def test_checkpoint_failing_on_a_full_disk_is_reported_then_over(proxy_factory, 
     16 MB a checkpoint copies into it: the checkpoint fails (SQLITE_FULL) and says so once,
     while requests are still answered. Once there is room (the tmpfs grown) the checkpoint's
     end is logged and every answered request has its row."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
-    p = None
-    try:
+    with SmallTmpfs(tmp_path, "24m") as fs:
         p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())],
-                          db_path=mnt / "db.sqlite")
-        before = count_records(p)
-        body = {"model": "ckpt", "messages": [{"role": "user", "content": "c" * (256 << 10)}]}
-        answered = 0
-        # 256 KB rows: 64 fill the WAL's 16 MB; the 64 MB queue would hold 250 while writes
-        # fail, so none is dropped.
-        for _ in range(150):
-            assert p.request("POST", CHAT, body, timeout=20).status == 200
-            answered += 1
-            if log_lines(p, "store: WAL checkpoint failing"):
-                break
-        alerts = wait_until(lambda: log_lines(p, "store: WAL checkpoint failing"), timeout=15,
-                            message="the checkpoint failure to be logged")
-        assert len(alerts) == 1 and "the disk is full" in alerts[0], alerts
-        assert p.alive(), p.stderr_text()[-3000:]
-        subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
-
-        def over():
-            if not log_lines(p, "the WAL checkpoint failure is over"):
-                nonlocal answered
+                          db_path=fs.path / "db.sqlite")
+        try:
+            before = count_records(p)
+            body = {"model": "ckpt", "messages": [{"role": "user", "content": "c" * (256 << 10)}]}
+            answered = 0
+            # 256 KB rows: 64 fill the WAL's 16 MB; the 64 MB queue would hold 250 while writes
+            # fail, so none is dropped.
+            for _ in range(150):
                 assert p.request("POST", CHAT, body, timeout=20).status == 200
                 answered += 1
-                return None
-            return True
+                if log_lines(p, "store: WAL checkpoint failing"):
+                    break
+            alerts = wait_until(lambda: log_lines(p, "store: WAL checkpoint failing"), timeout=15,
+                                message="the checkpoint failure to be logged")
+            assert len(alerts) == 1 and "the disk is full" in alerts[0], alerts
+            assert p.alive(), p.stderr_text()[-3000:]
+            fs.grow("256m")
 
-        wait_until(over, timeout=60, message="the checkpoint failure's end")
-        assert len(log_lines(p, "store: WAL checkpoint failing")) == 1
-        assert not log_lines(p, "dropped unwritten")
-        wait_until(lambda: count_records(p) - before >= answered, timeout=30,
-                   message="every answered request's row (%d)" % answered)
-        assert count_records(p) - before == answered
-    finally:
-        if p is not None:
+            def over():
+                if not log_lines(p, "the WAL checkpoint failure is over"):
+                    nonlocal answered
+                    assert p.request("POST", CHAT, body, timeout=20).status == 200
+                    answered += 1
+                    return None
+                return True
+
+            wait_until(over, timeout=60, message="the checkpoint failure's end")
+            assert len(log_lines(p, "store: WAL checkpoint failing")) == 1
+            assert not log_lines(p, "dropped unwritten")
+            wait_until(lambda: count_records(p) - before >= answered, timeout=30,
+                       message="every answered request's row (%d)" % answered)
+            assert count_records(p) - before == answered
+        finally:
             p.stop()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
