@@ -40,7 +40,8 @@
 #       unrec     as quiet, with tests/bench/unrecorded_scripts (the default authorize and
 #                 pick_upstream, every row vetoed): quiet vs unrecorded is the records' cost
 #       engine    openai-api-route with tests/bench/engine_scripts (hooks that return at once,
-#                 no records): the C request path alone
+#                 no records) and the access log off, as nginx and HAProxy run here: the
+#                 request path alone
 #   - pinned (unless --no-pin): wrk and the mocks on core 0, the proxy under test on core 1;
 #   - per round (3 by default), for each target in turn: `wrk -t1 -c32 -d<dur> --latency`
 #     with JSON, then with SSE, then `wrk -t1 -c1` with JSON; medians over the rounds;
@@ -306,6 +307,7 @@ route_db "$work/meta-db" "http://127.0.0.1:$p_mock/v1"
 "$bin" -database "$work/meta-db/db.sqlite" -set records_bodies=0 >/dev/null
 route_db "$work/unrec-db" "http://127.0.0.1:$p_mock/v1"
 "$bin" -database "$work/unrec-db/db.sqlite" -set access_log=0 >/dev/null
+"$bin" -database "$work/engine-db/db.sqlite" -set access_log=0 >/dev/null
 # Room for every idle stream whatever the fd limit (the default max_connections is 10,000).
 "$bin" -database "$work/paced-db/db.sqlite" -set "max_connections=$((streams + 1000))" >/dev/null
 # warn: no log line per request, as nginx and HAProxy run with their access logs off.

@@ -22,7 +22,7 @@ LABELS = {
     "quiet": "openai-api-route, the same with the access log off (`access_log=0`)",
     "meta": "openai-api-route, the same with rows without the texts (`records_bodies=0`)",
     "unrec": "openai-api-route, the same with every row vetoed (default authorize and pick in C)",
-    "engine": "openai-api-route, engine alone (hooks return at once, no records)",
+    "engine": "openai-api-route, engine alone (hooks return at once, no records, no access log)",
 }
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
