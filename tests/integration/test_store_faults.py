@@ -380,11 +380,13 @@ def test_disk_full_under_load(proxy_factory, mock, tmp_path):
 
 @pytest.mark.deadline(150)
 def test_checkpoint_failing_on_a_full_disk_is_reported_then_over(proxy_factory, mock, tmp_path):
-    """On a 24 MB tmpfs the WAL has room for its 16 MB, but the database file not for the
-    16 MB a checkpoint copies into it: the checkpoint fails (SQLITE_FULL) and says so once,
-    while requests are still answered. Once there is room (the tmpfs grown) the checkpoint's
-    end is logged and every answered request has its row."""
-    with SmallTmpfs(tmp_path, "24m") as fs:
+    """On a 30 MB tmpfs the WAL has room for the commit that takes it past its 16 MB
+    checkpoint mark (up to one 8 MB batch more: 24.4 MB at most), but the database file not for
+    the 16 MB or more a checkpoint copies into it: the checkpoint fails (SQLITE_FULL) and says
+    so once, while requests are still answered. Once there is room (the tmpfs grown) the
+    checkpoint's end is logged and every answered request has its row. (At 24 MB, batches that
+    stopped just short of the mark left no room for the next one: the WAL write failed first.)"""
+    with SmallTmpfs(tmp_path, "30m") as fs:
         p = proxy_factory(upstreams=[(UPSTREAM_SK, mock.endpoint())],
                           db_path=fs.path / "db.sqlite")
         try:
